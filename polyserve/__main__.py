@@ -1,0 +1,3 @@
+from polyserve.cli import main
+
+main()
