@@ -430,8 +430,12 @@ class NodeAgent:
                 resp = self._core.list_pod_for_all_namespaces(_preload_content=False)
                 listing = json.loads(resp.data)
                 version = listing["metadata"]["resourceVersion"]
-                for item in listing.get("items", []):
+                items = listing.get("items", [])
+                for item in items:
                     self._events.put(("SYNC", item))
+                # Pods deleted while the watch was down are absent from the list: forget them.
+                uids = [str(i.get("metadata", {}).get("uid", "")) for i in items]
+                self._events.put(("LISTED", {"uids": uids}))
                 while not self._stop.is_set():
                     w: Any = watch_factory()
                     for event in w.stream(
@@ -488,6 +492,15 @@ class NodeAgent:
     def _handle(self, kind: str, pod: Pod) -> None:
         from kubernetes.client.exceptions import ApiException
 
+        if kind == "LISTED":
+            present = set(pod["uids"])
+            with self._lock:
+                gone = [p for uid, p in self._pods.items() if uid not in present]
+                for stale in gone:
+                    del self._pods[stale.uid]
+            for stale in gone:
+                self._release(stale, orphan=True)
+            return
         meta = pod.get("metadata", {})
         uid = str(meta.get("uid", ""))
         spec = pod.get("spec", {})
@@ -577,7 +590,10 @@ class NodeAgent:
         env["POLYSERVE_LOCAL_PORT"] = str(local.port)
         log_path = self.log_dir / f"{local.namespace}_{local.name}.log"
         try:
-            local.proc = ManagedProcess(local.key, local.argv, log_path, env=env)
+            # Started from the reconcile thread, which outlives every process it starts.
+            local.proc = ManagedProcess(
+                local.key, local.argv, log_path, env=env, die_with_parent=True
+            )
         except OSError as exc:
             self._record_error(f"cannot start {local.argv!r} for {local.key}: {exc}")
             local.finished = True
@@ -597,13 +613,16 @@ class NodeAgent:
         }
         if local.proc is not None:
             annotations[ANNOTATION_LOCAL_PID] = str(local.proc.pid)
-        self._core.patch_namespaced_pod(
-            local.name,
-            local.namespace,
-            {"metadata": {"annotations": annotations}},
-            _content_type=_MERGE,
-            _preload_content=False,
-        )
+        from kubernetes.client.exceptions import ApiException
+
+        body = {"metadata": {"uid": local.uid, "annotations": annotations}}
+        try:
+            self._core.patch_namespaced_pod(
+                local.name, local.namespace, body, _content_type=_MERGE, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # deleted meanwhile (or replaced by a namesake)
+                raise
 
     # ----------------------------------------------------------------------------------------
     # status

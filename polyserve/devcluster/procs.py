@@ -4,7 +4,9 @@ Every process the devcluster starts (etcd, the control plane, the engines the no
 goes through :class:`ManagedProcess`: it runs in its own session (process group), so stopping it
 also stops anything it forked; on Linux it gets ``PR_SET_PDEATHSIG`` so that the kernel kills it
 if the Python process dies without cleaning up (``kill -9``, a crashed test runner); and every
-live one is registered for an ``atexit`` sweep.
+live one is registered for an ``atexit`` sweep. (The death signal is tied to the thread that
+started the child, so it is only asked for from the main thread or a thread that outlives the
+child.)
 """
 
 from __future__ import annotations
@@ -59,7 +61,17 @@ class ManagedProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        die_with_parent: bool | None = None,
     ) -> None:
+        """Start ``argv`` now.
+
+        ``die_with_parent``: ask the kernel to SIGKILL the child when the thread that started it
+        ends (``PR_SET_PDEATHSIG`` is tied to the creating *thread*, not the process). Default:
+        only when called from the main thread, whose end is the process's end; pass True from a
+        thread that lives as long as the child should.
+        """
+        if die_with_parent is None:
+            die_with_parent = threading.current_thread() is threading.main_thread()
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -77,7 +89,7 @@ class ManagedProcess:
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if die_with_parent else None,
             )
         except BaseException:
             self._log.close()
