@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit lint bench demo e2e clean
+.PHONY: install test unit lint bench demo e2e kube-build clean
 
 install: $(STAMP)
 
@@ -32,6 +32,16 @@ bench: install
 # Until the local fleet exists, the demo is the simulator's quick policy comparison.
 demo: install
 	$(BIN)/polyserve simulate --quick
+
+# A real Kubernetes control plane for the tests (etcd, kube-apiserver, kube-controller-manager),
+# compiled from Kubernetes' Go modules into $${POLYSERVE_KUBE_CACHE:-~/.cache/polyserve-kube}.
+# Cold: ~6 min on 2 cores; reused afterwards. See tools/kube/README.md.
+kube-build:
+	tools/kube/build.sh
+
+# The Kubernetes tests against that control plane (they skip when it is not built; here it is).
+e2e: install kube-build
+	POLYSERVE_REQUIRE_KUBE=1 $(PY) -m pytest -q tests/k8s
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
