@@ -108,6 +108,7 @@ def profile_fit(
 
 
 # Component subcommands register here, one line each (their modules keep their own options).
+app.command("mock-engine")(__import__("polyserve.mockengine.cli", fromlist=["cli"]).mock_engine)
 
 
 def main() -> None:

@@ -1,0 +1,448 @@
+"""The aiohttp server of one mock engine, and a fleet of them on one event loop.
+
+Routes (as vLLM's OpenAI server): ``GET /health``, ``GET|POST /ping``, ``GET /v1/models``,
+``POST /tokenize``, ``GET /metrics``, ``POST /v1/completions``, ``POST /v1/chat/completions``.
+Every response carries ``X-Request-Id`` (the client's, or a new one). Errors are OpenAI-shaped
+JSON; an unexpected exception is logged here and answered as a 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from polyserve.engine import Engine, EngineError
+from polyserve.mockengine import protocol as proto
+from polyserve.mockengine import textgen, tokenizer
+from polyserve.mockengine.metrics import EngineMetrics
+from polyserve.mockengine.runner import EngineDeadError, EngineRunner, TokenStream
+from polyserve.mockengine.settings import MockEngineSettings
+from polyserve.profile import Profile, load_profile
+
+log = logging.getLogger("polyserve.mockengine")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Kind = Literal["chat", "completion"]
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=proto.dumps(obj), status=status, content_type=proto.JSON_CONTENT_TYPE)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound, non-blocking TCP socket (raises OSError with a clear message)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise OSError(f"cannot resolve host {host!r}: {err}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
+
+
+class EngineServer:
+    """One engine: its Engine model, step loop, metrics registry and HTTP site."""
+
+    def __init__(self, settings: MockEngineSettings, profile: Profile, index: int = 0) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.index = index
+        self.config = settings.engine_config(profile)
+        self.model_name = settings.served_model_name or profile.model
+        self.engine = Engine(profile, self.config, record_timeline=False)
+        self.metrics = EngineMetrics(
+            self.model_name,
+            self.config.max_model_len,
+            num_running=lambda: self.engine.num_running,
+            num_waiting=lambda: self.engine.num_waiting,
+            kv_usage=lambda: self.engine.kv_usage,
+        )
+        self.runner = EngineRunner(self.engine, self.metrics, slowdown=settings.slowdown)
+        self.port = settings.port_of(index)
+        self.crashed = False
+        self.dead = asyncio.Event()
+        self.requests_received = 0
+        self._created = int(time.time())
+        self._ready_at = 0.0
+        self._app_runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._crash_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024**2)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ping", self._health)
+        app.router.add_post("/ping", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ready_at = loop.time() + self.settings.startup_delay
+        self.runner.start()
+        self._app_runner = web.AppRunner(
+            self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await self._app_runner.setup()
+        if not self.settings.refuse_connections:
+            sock = _listen(self.settings.host, self.port)
+            self.port = sock.getsockname()[1]
+            self._site = web.SockSite(self._app_runner, sock)
+            await self._site.start()
+        if self.settings.crash_at is not None:
+            self._crash_timer = loop.call_later(self.settings.crash_at, self.crash, "--crash-at")
+        log.info(
+            "engine %d: %s on %s:%d (profile %s, max_model_len %d, KV %d tokens)%s",
+            self.index,
+            self.model_name,
+            self.settings.host,
+            self.port,
+            self.profile.name,
+            self.config.max_model_len,
+            self.config.num_blocks * self.config.block_size,
+            " [refusing connections]" if self.settings.refuse_connections else "",
+        )
+
+    @property
+    def ready(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._ready_at
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    def crash(self, why: str = "crash") -> None:
+        """Die abruptly: the listening socket closes, every connection is cut, streams fail."""
+        if self.crashed:
+            return
+        self.crashed = True
+        log.warning("engine %d on port %d: crashing (%s)", self.index, self.port, why)
+        self.runner.kill()
+        if self._site is not None:
+            site, self._site = self._site, None
+            self._spawn(site.stop())
+        server = self._app_runner.server if self._app_runner is not None else None
+        if server is not None:
+            for conn in server.connections:
+                if conn.transport is not None:
+                    conn.transport.abort()
+        self.dead.set()
+
+    async def close(self) -> None:
+        """Shut down (in-flight streams are cut)."""
+        if self._crash_timer is not None:
+            self._crash_timer.cancel()
+        log.info("engine %d: %s", self.index, self.runner.lateness.summary())
+        await self.runner.stop()
+        if self._app_runner is not None:
+            await self._app_runner.cleanup()
+            self._app_runner = None
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ middleware
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.crashed:
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPServiceUnavailable()
+        request_id = request.headers.get(proto.REQUEST_ID_HEADER) or proto.random_request_id()
+        request["request_id"] = request_id
+        try:
+            resp = await handler(request)
+        except proto.ApiError as err:
+            resp = _json(err.payload(), err.status)
+        except web.HTTPException as exc:
+            # unknown route or method: FastAPI's plain detail body, as vLLM answers
+            resp = _json({"detail": exc.reason}, exc.status)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception(
+                "engine %d: unexpected error on %s %s", self.index, request.method, request.path
+            )
+            resp = _json(proto.error_payload("Internal server error", 500), 500)
+        if not resp.prepared:
+            resp.headers[proto.REQUEST_ID_HEADER] = request_id
+        return resp
+
+    # ------------------------------------------------------------------ simple routes
+
+    async def _health(self, request: web.Request) -> web.Response:
+        if not self.ready or self.runner.dead:
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return _json(
+            proto.models_response(
+                self.model_name, self.profile.model, self.config.max_model_len, self._created
+            )
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.exposition(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await self._parse(request, proto.TokenizeRequest)
+        self._check_model(body.model)
+        if body.messages is not None:
+            texts = [(m.role, m.text()) for m in body.messages]
+            strs = tokenizer.chat_pieces(texts, body.add_generation_prompt)
+            if body.add_special_tokens:
+                strs = [tokenizer.BOS, *strs]
+        elif body.prompt is not None:
+            add = True if body.add_special_tokens is None else body.add_special_tokens
+            strs = tokenizer.completion_pieces(body.prompt, add)
+        else:
+            raise proto.ApiError("Either `prompt` or `messages` must be given.")
+        return _json(
+            {
+                "count": len(strs),
+                "max_model_len": self.config.max_model_len,
+                "tokens": tokenizer.encode(strs),
+                "token_strs": strs if body.return_token_strs else None,
+            }
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "completion")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "chat")
+
+    async def _parse(self, request: web.Request, model: type[proto.M]) -> proto.M:
+        raw = await request.read()
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise proto.ApiError(f"JSON decode error: {err}") from None
+        if not isinstance(data, dict):
+            raise proto.ApiError("The request body must be a JSON object.")
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            raise proto.ApiError(proto.validation_message(err)) from None
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise proto.ApiError(proto.model_not_found_message(model), 404, param="model")
+
+    async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        self.requests_received += 1
+        limit = self.settings.crash_after_requests
+        if limit is not None and self.requests_received > limit:
+            self.crash(f"--crash-after-requests {limit}")
+            raise web.HTTPServiceUnavailable()
+        body: proto.CompletionRequest | proto.ChatCompletionRequest
+        if kind == "chat":
+            body = await self._parse(request, proto.ChatCompletionRequest)
+        else:
+            body = await self._parse(request, proto.CompletionRequest)
+        self._check_model(body.model)
+        body.check_sampling()
+        if not self.ready:
+            raise proto.ApiError("The engine is starting up.", 503)
+        if self.runner.dead:
+            raise proto.ApiError("The engine is dead.", 503)
+
+        if isinstance(body, proto.ChatCompletionRequest):
+            texts = body.message_texts()
+            prompt_text = "\n".join(f"{role}: {text}" for role, text in texts)
+            prompt_tokens = tokenizer.chat_prompt_tokens(texts, body.add_generation_prompt)
+        else:
+            prompt = body.single_prompt()
+            if isinstance(prompt, str):
+                prompt_text = prompt
+                prompt_tokens = tokenizer.completion_prompt_tokens(prompt, body.add_special_tokens)
+            else:
+                prompt_text = " ".join(map(str, prompt))
+                prompt_tokens = len(prompt)
+        max_len = self.config.max_model_len
+        max_tokens = body.requested_max_tokens()
+        if prompt_tokens >= max_len or (
+            max_tokens is not None and prompt_tokens + max_tokens > max_len
+        ):
+            raise proto.ApiError(proto.context_length_message(max_len, prompt_tokens, max_tokens))
+        if max_tokens is None:
+            max_tokens = max_len - prompt_tokens
+            if body.min_tokens > max_tokens:
+                raise proto.ApiError(
+                    f"min_tokens must be less than or equal to max_tokens={max_tokens}, "
+                    f"got {body.min_tokens}.",
+                    param="min_tokens",
+                )
+        if body.priority != 0 and self.config.scheduling_policy != "priority":
+            raise proto.ApiError(proto.priority_message(body.priority), param="priority")
+        seed = textgen.seed_of(prompt_text, body.seed)
+        plan = textgen.plan_output(seed, max_tokens, body.min_tokens, body.ignore_eos)
+        try:
+            stream = self.runner.submit(prompt_tokens, plan, body.priority)
+        except EngineError as err:
+            raise proto.ApiError(str(err)) from None
+        except EngineDeadError:
+            raise proto.ApiError("The engine is dead.", 503) from None
+        request_id = str(request["request_id"])
+        rid = proto.response_id(kind, request_id)
+        try:
+            if body.stream:
+                return await self._stream(request, kind, body, rid, request_id, seed, stream)
+            await stream.wait_finished()
+            text = textgen.full_text(seed, plan)
+            build = proto.chat_response if kind == "chat" else proto.completion_response
+            return _json(
+                build(
+                    rid,
+                    self.model_name,
+                    int(time.time()),
+                    text,
+                    plan.finish_reason,
+                    prompt_tokens,
+                    plan.tokens,
+                )
+            )
+        except EngineDeadError:
+            raise proto.ApiError("The engine stopped while serving the request.", 500) from None
+        finally:
+            if not stream.finished:
+                self.runner.abort(stream)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        kind: Kind,
+        body: proto.SamplingFields,
+        rid: str,
+        request_id: str,
+        seed: int,
+        stream: TokenStream,
+    ) -> web.StreamResponse:
+        plan = stream.plan
+        n = plan.tokens
+        enc = proto.StreamEncoder(
+            kind,
+            rid,
+            self.model_name,
+            int(time.time()),
+            stream.req.prompt_tokens,
+            body.continuous_usage,
+        )
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": proto.SSE_CONTENT_TYPE + "; charset=utf-8",
+                proto.REQUEST_ID_HEADER: request_id,
+            }
+        )
+        await resp.prepare(request)
+        include_usage = body.include_usage
+        token_text = textgen.token_text
+        sent = 0
+        try:
+            while sent < n:
+                upto = await stream.wait_beyond(sent)
+                parts: list[bytes] = []
+                if sent == 0 and kind == "chat":
+                    parts.append(enc.role())  # vLLM sends the role with the first output
+                for i in range(sent, min(upto, n - 1)):
+                    parts.append(enc.token(token_text(seed, i, plan), i + 1))
+                if upto >= n:
+                    parts.append(enc.final(token_text(seed, n - 1, plan), plan.finish_reason, n))
+                    if include_usage:
+                        parts.append(enc.usage(n))
+                    parts.append(proto.SSE_DONE)
+                sent = upto
+                await resp.write(b"".join(parts))
+            await resp.write_eof()
+        except EngineDeadError:
+            # the engine died mid-stream: cut the connection as a crashed server would
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionResetError:
+            pass  # the client went away; the caller aborts the request
+        return resp
+
+
+class MockFleet:
+    """``replicas`` engines on consecutive ports, all on the running event loop."""
+
+    def __init__(self, settings: MockEngineSettings, profile: Profile | None = None) -> None:
+        self.settings = settings
+        self.profile = profile if profile is not None else load_profile(settings.profile)
+        settings.engine_config(self.profile)  # validate before binding anything
+        self.servers = [EngineServer(settings, self.profile, i) for i in range(settings.replicas)]
+
+    async def start(self) -> None:
+        try:
+            for server in self.servers:
+                await server.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    async def wait_all_dead(self) -> None:
+        await asyncio.gather(*(s.dead.wait() for s in self.servers))
+
+    async def close(self) -> None:
+        for server in self.servers:
+            await server.close()
+
+
+async def serve(
+    settings: MockEngineSettings,
+    profile: Profile | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run a fleet until ``stop`` is set (0) or every engine has crashed (1)."""
+    fleet = MockFleet(settings, profile)
+    await fleet.start()
+    stop = stop or asyncio.Event()
+    waits = [
+        asyncio.ensure_future(stop.wait()),
+        asyncio.ensure_future(fleet.wait_all_dead()),
+    ]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        return 0 if waits[0] in done else 1
+    finally:
+        for w in waits:
+            w.cancel()
+        await fleet.close()

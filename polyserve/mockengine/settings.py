@@ -1,0 +1,71 @@
+"""Every option of a mock engine process, typed and validated in one settings object."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from polyserve.engine import EngineConfig
+from polyserve.profile import Profile
+
+DEFAULT_PROFILE = "llama-3.1-8b-h100"
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class MockEngineSettings(BaseModel):
+    """Options of ``polyserve mock-engine`` (vLLM's names where vLLM has the option)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000  # 0: each engine picks a free port
+    replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    profile: str = DEFAULT_PROFILE
+    served_model_name: str | None = None
+    max_model_len: PosInt | None = None
+    max_num_seqs: PosInt | None = None
+    max_num_batched_tokens: PosInt | None = None
+    long_prefill_token_threshold: Annotated[int, Field(ge=0)] | None = None
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    kv_cache_tokens: PosInt | None = None
+    # fault knobs (off by default)
+    startup_delay: NonNegFloat = 0.0
+    crash_after_requests: Annotated[int, Field(ge=0)] | None = None
+    crash_at: NonNegFloat | None = None
+    slowdown: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    refuse_connections: bool = False
+
+    @model_validator(mode="after")
+    def _ports_fit(self) -> MockEngineSettings:
+        if self.port and self.port + self.replicas - 1 > 65535:
+            raise ValueError(
+                f"ports {self.port}..{self.port + self.replicas - 1} do not fit below 65536"
+            )
+        return self
+
+    def port_of(self, index: int) -> int:
+        return self.port + index if self.port else 0
+
+    def engine_config(self, profile: Profile) -> EngineConfig:
+        """The engine's start-up arguments: the profile's, with this process's overrides.
+
+        Raises ValueError (EngineError) for a configuration vLLM refuses to start with.
+        """
+        cfg = EngineConfig.from_profile(
+            profile,
+            kv_cache_tokens=self.kv_cache_tokens,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
+            scheduling_policy=self.scheduling_policy,
+        )
+        if cfg.max_model_len > cfg.num_blocks * cfg.block_size:
+            raise ValueError(
+                f"max_model_len ({cfg.max_model_len}) is larger than the KV cache "
+                f"({cfg.num_blocks * cfg.block_size} tokens): vLLM refuses to start such an engine"
+            )
+        return cfg

@@ -1,0 +1,103 @@
+"""Run mock engines in a background thread (for tests and benchmarks in synchronous code).
+
+>>> with MockEngineThread(MockEngineSettings(port=0), profile) as fleet:
+...     client = openai.OpenAI(base_url=fleet.urls[0] + "/v1", api_key="x")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import TypeVar
+
+from polyserve.mockengine.server import EngineServer, MockFleet
+from polyserve.mockengine.settings import MockEngineSettings
+from polyserve.profile import Profile
+
+T = TypeVar("T")
+
+
+class MockEngineThread:
+    """A :class:`MockFleet` on its own event loop in a daemon thread."""
+
+    def __init__(
+        self,
+        settings: MockEngineSettings,
+        profile: Profile | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.start_timeout = start_timeout
+        self.loop = asyncio.new_event_loop()
+        self.fleet: MockFleet | None = None
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="mock-engine", daemon=True
+        )
+
+    def __enter__(self) -> MockEngineThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread.start()
+
+        async def _start() -> MockFleet:
+            fleet = MockFleet(self.settings, self.profile)
+            await fleet.start()
+            return fleet
+
+        try:
+            self.fleet = asyncio.run_coroutine_threadsafe(_start(), self.loop).result(
+                self.start_timeout
+            )
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    def stop(self) -> None:
+        if self.fleet is not None:
+            fleet, self.fleet = self.fleet, None
+            asyncio.run_coroutine_threadsafe(fleet.close(), self.loop).result(10.0)
+        self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10.0)
+        if not self.loop.is_running():
+            self.loop.close()
+
+    @property
+    def servers(self) -> list[EngineServer]:
+        if self.fleet is None:
+            raise RuntimeError("the fleet is not running")
+        return self.fleet.servers
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        """Run ``fn`` on the fleet's loop (to read or poke engine state safely)."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as err:  # handed to the caller
+                fut.set_exception(err)
+
+        self.loop.call_soon_threadsafe(run)
+        return fut.result(timeout)
