@@ -66,6 +66,10 @@ class EngineConfig:
     max_model_len: int
     long_prefill_token_threshold: int = 0  # 0 = off
     scheduling_policy: SchedulingPolicy = "fcfs"
+    # PolyServe's dynamic chunking (an engine extension; 0 = off, plain vLLM): while decodes run,
+    # each step's prefill chunks are cut so the predicted step stays within this many ms, but never
+    # below one block.
+    chunk_budget_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("kv_cache_tokens", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
@@ -78,6 +82,8 @@ class EngineConfig:
             )
         if self.long_prefill_token_threshold < 0:
             raise EngineError("long_prefill_token_threshold must be >= 0")
+        if not (self.chunk_budget_ms >= 0):
+            raise EngineError("chunk_budget_ms must be >= 0")
         if self.scheduling_policy not in ("fcfs", "priority"):
             raise EngineError(f"unknown scheduling policy {self.scheduling_policy!r}")
         if self.kv_cache_tokens // self.block_size < 1:
@@ -393,6 +399,18 @@ class Engine:
             self.free_blocks -= self._dec_phase[(-s) % bs]
         budget = cfg.max_num_batched_tokens - n_decode
         threshold = cfg.long_prefill_token_threshold
+        decode_ctx = self._dec_c_sum + n_decode * (s + 1)
+        scheduled = pairs = 0
+
+        def cut(req: Request, chunk: int) -> int:
+            """PolyServe's dynamic chunk: the largest chunk that keeps the step within budget.
+            With no decodes running there is nobody's TPOT to protect: the chunk is not cut."""
+            if not cfg.chunk_budget_ms or not n_decode or chunk <= bs:
+                return chunk
+            fit = self.profile.max_prefill_chunk(
+                cfg.chunk_budget_ms, n_decode, decode_ctx, req.computed, chunk, scheduled, pairs
+            )
+            return max(fit, bs)
 
         # 2. partial prefills already running, in admission order
         chunks: list[tuple[Request, int]] = []
@@ -404,6 +422,7 @@ class Engine:
             chunk = min(req.prefill_target - req.computed, budget)
             if threshold:
                 chunk = min(chunk, threshold)
+            chunk = cut(req, chunk)
             need = _ceil_div(req.computed + chunk, bs) - req.blocks
             # Decodes already hold this step's blocks, so only partial prefills are preempted here.
             while need > self.free_blocks and req.phase is Phase.PREFILL:
@@ -414,6 +433,8 @@ class Engine:
             self.free_blocks -= need
             req.blocks += need
             budget -= chunk
+            scheduled += chunk
+            pairs += chunk * (req.computed + chunk)
             chunks.append((req, chunk))
 
         # 3. admit waiting requests (not in a step that preempted)
@@ -425,6 +446,7 @@ class Engine:
                 chunk = min(req.prefill_target - req.computed, budget)
                 if threshold:
                     chunk = min(chunk, threshold)
+                chunk = cut(req, chunk)
                 need = _ceil_div(req.computed + chunk, bs) - req.blocks
                 if need > self.free_blocks:
                     break
@@ -436,14 +458,14 @@ class Engine:
                 self.free_blocks -= need
                 req.blocks += need
                 budget -= chunk
+                scheduled += chunk
+                pairs += chunk * (req.computed + chunk)
                 chunks.append((req, chunk))
 
-        prefill_tokens = sum(c for _, c in chunks)
+        prefill_tokens = scheduled
         if n_decode == 0 and prefill_tokens == 0:
             return StepResult(s, now, 0.0, 0, 0, 0, [], [], preempted, [] if collect_emitted else None)
 
-        decode_ctx = self._dec_c_sum + n_decode * (s + 1)
-        pairs = sum(c * (r.computed + c) for r, c in chunks)
         duration = self.profile.step_ms(n_decode, decode_ctx, prefill_tokens, pairs)
         emitted: list[Request] | None = list(self._decoding.values()) if collect_emitted else None
 

@@ -158,18 +158,33 @@ class Profile(BaseModel):
         return lo
 
     def max_prefill_chunk(
-        self, budget_ms: float, n_decode: int, decode_ctx: float, past_tokens: int, limit: int
+        self,
+        budget_ms: float,
+        n_decode: int,
+        decode_ctx: float,
+        past_tokens: int,
+        limit: int,
+        prefill_tokens: int = 0,
+        prefill_pairs: float = 0.0,
     ) -> int:
-        """Largest chunk (<= ``limit``) of one prefill that keeps the step within ``budget_ms``."""
+        """Largest chunk (<= ``limit``) of one prefill that keeps the step within ``budget_ms``.
+
+        ``prefill_tokens``/``prefill_pairs`` are other chunks already in the same step.
+        """
         if limit <= 0:
             return 0
 
         def fits(c: int) -> bool:
-            return self.step_ms(n_decode, decode_ctx, c, c * (past_tokens + c)) <= budget_ms
+            return (
+                self.step_ms(n_decode, decode_ctx, prefill_tokens + c, prefill_pairs + c * (past_tokens + c))
+                <= budget_ms
+            )
 
         if not fits(1):
             return 0
         lo, hi = 1, limit
+        if fits(hi):
+            return hi
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if fits(mid):

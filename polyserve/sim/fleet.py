@@ -1,0 +1,361 @@
+"""A discrete-event fleet simulator: N engine models in virtual time, a policy placing arrivals.
+
+The simulator is one of the three bodies of the shared brain: it feeds each server's
+:class:`~polyserve.policy.base.ServerView` with the same accounting calls the router makes, asks the
+same policy objects for placements, and steps the same engine model the mock engine serves. Every
+token is timestamped (the engine's step end times), and each finished request is judged by the
+deadline SLO.
+
+Router-side queues: for policies that queue, a FIFO per tier; heads are retried whenever a step
+finishes a request or a prefill (the only events that free capacity). A head that can no longer
+meet its TTFT even on an idle server is handled per ``on_deadline_miss``: ``reject`` (shed: a 429
+at the router), ``degrade`` (served anyway where it hurts nobody's TPOT), or ``wait``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from polyserve.engine import Engine, EngineConfig, Request, StepResult
+from polyserve.policy.base import FleetView, PendingRequest, Placement, Policy, ServerView
+from polyserve.policy.checks import ideal_ttft_ms, step_budget_ms
+from polyserve.policy.estimator import OutputLengthEstimator
+from polyserve.profile import Profile
+from polyserve.sim.workload import Arrival
+from polyserve.slo import RequestOutcome, Summary, TierSet, check_deadlines, summarize
+
+DeadlineMiss = Literal["reject", "degrade", "wait"]
+ChunkMode = Literal["dynamic", "static", "vllm"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    profile: Profile
+    tiers: TierSet
+    n_servers: int
+    #: dynamic: PolyServe's chunk sizing (step within the tightest TPOT on the server);
+    #: static: a fixed token budget of ``static_chunk``; vllm: the profile's default budget.
+    chunk_mode: ChunkMode = "dynamic"
+    static_chunk: int = 512
+    on_deadline_miss: DeadlineMiss = "reject"
+    output_prior: float = 256.0
+
+    def __post_init__(self) -> None:
+        if self.n_servers < 1:
+            raise ValueError("a fleet needs at least one server")
+        if self.chunk_mode not in ("dynamic", "static", "vllm"):
+            raise ValueError(f"unknown chunk mode {self.chunk_mode!r}")
+        if self.on_deadline_miss not in ("reject", "degrade", "wait"):
+            raise ValueError(f"unknown deadline-miss handling {self.on_deadline_miss!r}")
+
+
+@dataclass(eq=False, slots=True)
+class _Live:
+    """A request inside the fleet: its arrival, its pending record and its engine state."""
+
+    arrival: Arrival
+    pending: PendingRequest
+    engine_req: Request | None = None
+    server: int = -1
+    promoted: bool = False
+    got_first: bool = False
+
+
+@dataclass(eq=False)
+class _Server:
+    view: ServerView
+    engine: Engine
+    step: StepResult | None = None
+    live: dict[int, _Live] = field(default_factory=dict)
+    active_since: float | None = None  # assigned (tiered) or switched on
+    active_seconds: float = 0.0
+    served: int = 0
+
+
+@dataclass
+class SimResult:
+    outcomes: list[RequestOutcome]
+    summary: Summary
+    served_per_server: list[int]
+    instance_seconds: float
+    makespan: float
+    steps: int
+    wall_seconds: float
+    promoted: int
+    rejected: int
+
+
+class FleetSim:
+    def __init__(self, config: SimConfig, policy: Policy) -> None:
+        self.cfg = config
+        self.policy = policy
+        prof = config.profile
+        budget = prof.max_num_batched_tokens
+        if config.chunk_mode == "static":
+            budget = config.static_chunk
+        self._engine_cfg = EngineConfig.from_profile(
+            prof,
+            max_num_batched_tokens=max(budget, 1),
+            max_num_seqs=min(prof.max_num_seqs, max(budget, 1)),
+        )
+        self.servers: list[_Server] = []
+        for i in range(config.n_servers):
+            view = ServerView(
+                name=f"s{i}",
+                profile=prof,
+                max_batched_tokens=self._engine_cfg.max_num_batched_tokens,
+                chunk_budget_ms=0.0,
+                index=i,
+            )
+            self.servers.append(_Server(view, Engine(prof, self._engine_cfg)))
+        self.fleet = FleetView(config.tiers, [s.view for s in self.servers])
+        self.estimator = OutputLengthEstimator(len(config.tiers), prior=config.output_prior)
+        self.queues: list[deque[_Live]] = [deque() for _ in config.tiers]
+        self.outcomes: list[RequestOutcome] = []
+        self._events: list[tuple[float, int, int]] = []  # (time, seq, server index)
+        self._seq = 0
+        self._kick: set[int] = set()
+        self.steps = 0
+        self.promoted = 0
+        self.rejected = 0
+        self._ideal_cache: dict[int, float] = {}
+
+    # ---------------------------------------------------------------- chunk budget
+
+    def _chunk_budget(self, srv: _Server) -> float:
+        """PolyServe's dynamic chunk target: the tightest TPOT the server must honour."""
+        if self.cfg.chunk_mode != "dynamic":
+            return 0.0
+        tier = srv.view.tier
+        tier_tpot = self.cfg.tiers[tier].tpot_ms if tier is not None and self.policy.tiered else math.inf
+        budget = min(tier_tpot, srv.view.tightest_tpot_ms)
+        return step_budget_ms(budget) if math.isfinite(budget) else 0.0
+
+    def _refresh_chunk_budget(self, srv: _Server) -> None:
+        budget = self._chunk_budget(srv)
+        if budget != srv.view.chunk_budget_ms:
+            srv.view.chunk_budget_ms = budget
+            srv.engine.config = replace(srv.engine.config, chunk_budget_ms=budget)
+
+    # ---------------------------------------------------------------- run
+
+    def run(self, arrivals: Sequence[Arrival], progress: Callable[[int], None] | None = None) -> SimResult:
+        wall0 = time.perf_counter()
+        arrivals = sorted(arrivals, key=lambda a: a.time)
+        if not self.policy.tiered:
+            for s in self.servers:
+                s.active_since = 0.0
+        i, n = 0, len(arrivals)
+        now = 0.0
+        while i < n or self._events:
+            next_arrival = arrivals[i].time if i < n else math.inf
+            if self._events and self._events[0][0] <= next_arrival:
+                now, _, idx = heapq.heappop(self._events)
+                self._on_step_end(self.servers[idx], now)
+            else:
+                now = next_arrival
+                self._on_arrival(arrivals[i], now)
+                i += 1
+                if progress is not None and i % 1000 == 0:
+                    progress(1000)
+            self._start_kicked(now)
+            if not self._events and i >= n:
+                self._drain_queues(now)
+        if progress is not None:
+            progress(n % 1000)
+        for s in self.servers:
+            if s.active_since is not None:
+                s.active_seconds += now - s.active_since
+                s.active_since = None
+        inst = sum(s.active_seconds for s in self.servers) * self.cfg.profile.gpus
+        summary = summarize(self.outcomes, [t.name for t in self.cfg.tiers], instance_seconds=inst)
+        return SimResult(
+            outcomes=self.outcomes,
+            summary=summary,
+            served_per_server=[s.served for s in self.servers],
+            instance_seconds=inst,
+            makespan=now,
+            steps=self.steps,
+            wall_seconds=time.perf_counter() - wall0,
+            promoted=self.promoted,
+            rejected=self.rejected,
+        )
+
+    # ---------------------------------------------------------------- events
+
+    def _ideal_ttft(self, prompt: int) -> float:
+        key = prompt
+        cached = self._ideal_cache.get(key)
+        if cached is None:
+            cached = ideal_ttft_ms(self.servers[0].view, prompt)
+            self._ideal_cache[key] = cached
+        return cached
+
+    def _on_arrival(self, a: Arrival, now: float) -> None:
+        pending = PendingRequest(
+            rid=a.rid,
+            tier=a.tier,
+            prompt_tokens=a.prompt_tokens,
+            ttft_ms=a.ttft_ms,
+            tpot_ms=a.tpot_ms,
+            arrival=a.time,
+            expected_output=self.estimator.expected(a.tier),
+            ideal_ttft_ms=self._ideal_ttft(a.prompt_tokens),
+        )
+        live = _Live(a, pending)
+        if self.policy.queues:
+            self.queues[a.tier].append(live)
+            self._dispatch(now, only_tier=a.tier)
+        else:
+            placement = self.policy.place(pending, self.fleet, now)
+            if placement is None:
+                raise RuntimeError(f"policy {self.policy.name} returned no server without a queue")
+            self._admit(live, placement, now)
+
+    def _dispatch(self, now: float, only_tier: int | None = None) -> None:
+        tiers = range(len(self.queues)) if only_tier is None else (only_tier,)
+        for t in tiers:
+            q = self.queues[t]
+            while q:
+                live = q[0]
+                req = live.pending
+                if req.hopeless(now) and self.cfg.on_deadline_miss != "wait":
+                    if self.cfg.on_deadline_miss == "reject":
+                        q.popleft()
+                        self._reject(live)
+                        continue
+                    degrade = getattr(self.policy, "degrade", None)
+                    placement = degrade(req, self.fleet, now) if degrade else None
+                else:
+                    placement = self.policy.place(req, self.fleet, now)
+                if placement is None:
+                    break
+                q.popleft()
+                self._admit(live, placement, now)
+
+    def _drain_queues(self, now: float) -> None:
+        """Nothing runs and nothing arrives: whatever still waits can never be placed."""
+        for q in self.queues:
+            while q:
+                self._reject(q.popleft())
+
+    def _reject(self, live: _Live) -> None:
+        a = live.arrival
+        self.rejected += 1
+        self.outcomes.append(
+            RequestOutcome(
+                request_id=str(a.rid),
+                tier=self.cfg.tiers[a.tier].name,
+                arrival=a.time,
+                ttft_ms=a.ttft_ms,
+                tpot_ms=a.tpot_ms,
+                prompt_tokens=a.prompt_tokens,
+                output_tokens=0,
+                rejected=True,
+            )
+        )
+
+    def _admit(self, live: _Live, placement: Placement, now: float) -> None:
+        srv = self.servers[placement.server.index]
+        view = srv.view
+        if placement.assign_tier is not None:
+            view.tier = placement.assign_tier
+        if srv.active_since is None:
+            srv.active_since = now
+        a = live.arrival
+        live.server = view.index
+        live.promoted = placement.promoted
+        self.promoted += placement.promoted
+        req = Request(a.rid, a.prompt_tokens, a.output_tokens, arrival=now)
+        live.engine_req = req
+        srv.engine.add(req)
+        srv.live[a.rid] = live
+        srv.served += 1
+        view.on_admit(a.prompt_tokens, live.pending.expected_output, a.tpot_ms)
+        self._refresh_chunk_budget(srv)
+        if srv.step is None:
+            self._kick.add(view.index)
+
+    def _start_kicked(self, now: float) -> None:
+        for idx in sorted(self._kick):
+            srv = self.servers[idx]
+            if srv.step is None:
+                self._start_step(srv, now)
+        self._kick.clear()
+
+    def _start_step(self, srv: _Server, now: float) -> None:
+        if not srv.engine.has_work:
+            srv.step = None
+            srv.view.busy_until = 0.0
+            return
+        res = srv.engine.step(now)
+        if res.duration_ms <= 0:  # nothing schedulable (cannot happen with valid requests)
+            srv.step = None
+            return
+        self.steps += 1
+        srv.step = res
+        srv.view.busy_until = res.end
+        self._seq += 1
+        heapq.heappush(self._events, (res.end, self._seq, srv.view.index))
+
+    def _on_step_end(self, srv: _Server, now: float) -> None:
+        res = srv.step
+        assert res is not None
+        srv.step = None
+        view = srv.view
+        for req in res.first_tokens:
+            live = srv.live[req.rid]  # type: ignore[index]
+            if not live.got_first:
+                live.got_first = True
+                view.on_first_token(live.arrival.prompt_tokens)
+        view.on_tokens(res.n_decode + len(res.first_tokens))
+        for req in res.finished:
+            live = srv.live.pop(req.rid)  # type: ignore[arg-type]
+            a = live.arrival
+            view.on_finish(a.prompt_tokens, a.output_tokens, live.pending.expected_output, a.tpot_ms, True)
+            self.estimator.observe(a.tier, a.output_tokens)
+            self._record(srv, live, req)
+        if res.finished:
+            self._refresh_chunk_budget(srv)
+        if view.n_requests == 0 and self.policy.tiered and view.tier is not None:
+            view.tier = None  # drained: back to the idle pool
+            self._refresh_chunk_budget(srv)
+            if srv.active_since is not None:
+                srv.active_seconds += now - srv.active_since
+                srv.active_since = None
+        self._start_step(srv, now)
+        if self.policy.queues and (res.finished or res.first_tokens):
+            self._dispatch(now)
+
+    def _record(self, srv: _Server, live: _Live, req: Request) -> None:
+        a = live.arrival
+        ends = np.frombuffer(srv.engine.step_ends, dtype=np.float64)
+        times = np.concatenate([ends[s : s + c] for s, _f, c in req.segments]) if req.segments else ends[:0]
+        del ends  # release the buffer so the engine's timeline can grow
+        verdict = check_deadlines(a.time, times, a.ttft_ms, a.tpot_ms)
+        self.outcomes.append(
+            RequestOutcome(
+                request_id=str(a.rid),
+                tier=self.cfg.tiers[a.tier].name,
+                arrival=a.time,
+                ttft_ms=a.ttft_ms,
+                tpot_ms=a.tpot_ms,
+                prompt_tokens=a.prompt_tokens,
+                output_tokens=int(times.size),
+                first_token=float(times[0]) if times.size else None,
+                last_token=float(times[-1]) if times.size else None,
+                attained=verdict.attained and times.size == a.output_tokens,
+                first_miss=verdict.first_miss,
+                late_by_ms=verdict.late_by_ms,
+                server=srv.view.name,
+                promoted=live.promoted,
+            )
+        )
