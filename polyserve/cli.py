@@ -12,10 +12,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from polyserve.profile import ProfileError, available_profiles, fit_iteration_model, load_profile, read_step_csv
+from polyserve.profile import (
+    ProfileError,
+    available_profiles,
+    fit_iteration_model,
+    load_profile,
+    read_step_csv,
+)
 from polyserve.slo import PAPER_TIERS, SLOError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="PolyServe: multi-SLO LLM serving.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="PolyServe: multi-SLO LLM serving."
+)
 profile_app = typer.Typer(no_args_is_help=True, help="Iteration-time profiles.")
 app.add_typer(profile_app, name="profile")
 
@@ -87,7 +95,9 @@ def profile_show(
     for tier in PAPER_TIERS.tiers:
         cap.add_column(f"{tier.name} ({tier.tpot_ms:g} ms)", justify="right")
     for ctx in SHOW_CONTEXTS:
-        cap.add_row(f"{ctx}", *(str(prof.max_decode_batch(t.tpot_ms, ctx)) for t in PAPER_TIERS.tiers))
+        cap.add_row(
+            f"{ctx}", *(str(prof.max_decode_batch(t.tpot_ms, ctx)) for t in PAPER_TIERS.tiers)
+        )
     console.print(cap)
     if prof.provenance:
         console.print(f"[dim]{prof.provenance.strip().splitlines()[0]}[/dim]", highlight=False)
@@ -96,7 +106,10 @@ def profile_show(
 @profile_app.command("fit")
 @user_errors
 def profile_fit(
-    measurements: Annotated[Path, typer.Argument(help="CSV: decode_batch, decode_context_tokens, prefill_tokens, step_ms")],
+    measurements: Annotated[
+        Path,
+        typer.Argument(help="CSV: decode_batch, decode_context_tokens, prefill_tokens, step_ms"),
+    ],
 ) -> None:
     """Fit the iteration-time model to measured steps by least squares and report the fit error."""
     samples = read_step_csv(measurements)

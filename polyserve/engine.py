@@ -72,7 +72,13 @@ class EngineConfig:
     chunk_budget_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("kv_cache_tokens", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+        for name in (
+            "kv_cache_tokens",
+            "block_size",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_model_len",
+        ):
             if getattr(self, name) <= 0:
                 raise EngineError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -172,7 +178,9 @@ class StepResult:
 class Engine:
     """One vLLM V1 engine: add requests, step, abort, observe."""
 
-    def __init__(self, profile: Profile, config: EngineConfig | None = None, record_timeline: bool = True) -> None:
+    def __init__(
+        self, profile: Profile, config: EngineConfig | None = None, record_timeline: bool = True
+    ) -> None:
         self.profile = profile
         self.config = config or EngineConfig.from_profile(profile)
         self._bs = self.config.block_size
@@ -245,7 +253,11 @@ class Engine:
         if self.config.scheduling_policy == "fcfs":
             yield from self._waiting
         else:
-            yield from (r for _, _, r in sorted(self._waiting_heap, key=lambda e: (e[0], e[1])) if not r.done)
+            yield from (
+                r
+                for _, _, r in sorted(self._waiting_heap, key=lambda e: (e[0], e[1]))
+                if not r.done
+            )
 
     def token_times(self, req: Request) -> list[float]:
         """End times of the steps in which the request emitted each token (needs the timeline)."""
@@ -417,7 +429,7 @@ class Engine:
         for req in list(self._prefilling.values()):
             if budget <= 0:
                 break
-            if req.phase is not Phase.PREFILL:  # preempted earlier in this loop
+            if req.rid not in self._prefilling:  # preempted earlier in this loop
                 continue
             chunk = min(req.prefill_target - req.computed, budget)
             if threshold:
@@ -425,10 +437,10 @@ class Engine:
             chunk = cut(req, chunk)
             need = _ceil_div(req.computed + chunk, bs) - req.blocks
             # Decodes already hold this step's blocks, so only partial prefills are preempted here.
-            while need > self.free_blocks and req.phase is Phase.PREFILL:
+            while need > self.free_blocks and req.rid in self._prefilling:
                 if self._preempt_last(preempted, self._prefilling) is req:
                     break
-            if req.phase is not Phase.PREFILL:
+            if req.rid not in self._prefilling:
                 continue
             self.free_blocks -= need
             req.blocks += need
@@ -440,31 +452,33 @@ class Engine:
         # 3. admit waiting requests (not in a step that preempted)
         if not preempted:
             while budget > 0 and len(self.running) < cfg.max_num_seqs:
-                req = self._peek_waiting()
-                if req is None:
+                head = self._peek_waiting()
+                if head is None:
                     break
-                chunk = min(req.prefill_target - req.computed, budget)
+                chunk = min(head.prefill_target - head.computed, budget)
                 if threshold:
                     chunk = min(chunk, threshold)
-                chunk = cut(req, chunk)
-                need = _ceil_div(req.computed + chunk, bs) - req.blocks
+                chunk = cut(head, chunk)
+                need = _ceil_div(head.computed + chunk, bs) - head.blocks
                 if need > self.free_blocks:
                     break
                 self._pop_waiting()
-                req.phase = Phase.PREFILL
-                req.admitted = next(self._admit_seq)
-                self.running[req.rid] = req
-                self._prefilling[req.rid] = req
+                head.phase = Phase.PREFILL
+                head.admitted = next(self._admit_seq)
+                self.running[head.rid] = head
+                self._prefilling[head.rid] = head
                 self.free_blocks -= need
-                req.blocks += need
+                head.blocks += need
                 budget -= chunk
                 scheduled += chunk
-                pairs += chunk * (req.computed + chunk)
-                chunks.append((req, chunk))
+                pairs += chunk * (head.computed + chunk)
+                chunks.append((head, chunk))
 
         prefill_tokens = scheduled
         if n_decode == 0 and prefill_tokens == 0:
-            return StepResult(s, now, 0.0, 0, 0, 0, [], [], preempted, [] if collect_emitted else None)
+            return StepResult(
+                s, now, 0.0, 0, 0, 0, [], [], preempted, [] if collect_emitted else None
+            )
 
         duration = self.profile.step_ms(n_decode, decode_ctx, prefill_tokens, pairs)
         emitted: list[Request] | None = list(self._decoding.values()) if collect_emitted else None
@@ -507,7 +521,16 @@ class Engine:
         if self.record_timeline:
             self.step_ends.append(now + duration / 1000.0)
         return StepResult(
-            s, now, duration, n_decode, prefill_tokens, decode_ctx, first_tokens, finished, preempted, emitted
+            s,
+            now,
+            duration,
+            n_decode,
+            prefill_tokens,
+            decode_ctx,
+            first_tokens,
+            finished,
+            preempted,
+            emitted,
         )
 
     def _finish(self, req: Request, s: int, finished: list[Request]) -> None:

@@ -58,7 +58,9 @@ class IterationModel(BaseModel):
 
     def linear_ms(self, batched_tokens: float) -> float:
         """The non-attention layers for a step of ``batched_tokens`` tokens."""
-        return max(self.linear_floor_ms, self.linear_base_ms + self.linear_per_token_ms * batched_tokens)
+        return max(
+            self.linear_floor_ms, self.linear_base_ms + self.linear_per_token_ms * batched_tokens
+        )
 
     def step_ms(
         self, n_decode: int, decode_ctx: float, prefill_tokens: int = 0, prefill_pairs: float = 0.0
@@ -176,7 +178,9 @@ class Profile(BaseModel):
 
         def fits(c: int) -> bool:
             return (
-                self.step_ms(n_decode, decode_ctx, prefill_tokens + c, prefill_pairs + c * (past_tokens + c))
+                self.step_ms(
+                    n_decode, decode_ctx, prefill_tokens + c, prefill_pairs + c * (past_tokens + c)
+                )
                 <= budget_ms
             )
 
@@ -225,7 +229,9 @@ def available_profiles() -> list[str]:
 def parse_profile(data: object, source: str) -> Profile:
     """Validate already-parsed profile data; ``source`` names it in errors."""
     if not isinstance(data, dict):
-        raise ProfileError(f"{source}: a profile must be a mapping of fields, got {type(data).__name__}")
+        raise ProfileError(
+            f"{source}: a profile must be a mapping of fields, got {type(data).__name__}"
+        )
     try:
         return Profile.model_validate(data)
     except ValidationError as err:
@@ -317,7 +323,9 @@ def read_step_csv(path: str | Path) -> list[StepSample]:
             header = reader.fieldnames or []
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
             if missing:
-                raise ProfileError(f"{path}: missing column(s) {', '.join(missing)} (have: {', '.join(header)})")
+                raise ProfileError(
+                    f"{path}: missing column(s) {', '.join(missing)} (have: {', '.join(header)})"
+                )
             rows = list(reader)
     except OSError as err:
         raise ProfileError(f"{path}: cannot read: {err.strerror}") from None
@@ -344,7 +352,9 @@ def read_step_csv(path: str | Path) -> list[StepSample]:
 
 
 def predict(model: IterationModel, samples: Iterable[StepSample]) -> list[float]:
-    return [model.step_ms(s.n_decode, s.decode_ctx, s.prefill_tokens, s.prefill_pairs) for s in samples]
+    return [
+        model.step_ms(s.n_decode, s.decode_ctx, s.prefill_tokens, s.prefill_pairs) for s in samples
+    ]
 
 
 def _nonneg_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -437,7 +447,9 @@ def read_vidur_layer_ms(path: str | Path, tensor_parallel: int = 1) -> dict[int,
     return {n: float(np.mean(v)) for n, v in sorted(sums.items())}
 
 
-def check_against_source(profile: Profile, source: ValidationSource, root: Path = MEASURED_DIR) -> FitError:
+def check_against_source(
+    profile: Profile, source: ValidationSource, root: Path = MEASURED_DIR
+) -> FitError:
     """Compare the profile's linear-layer term with the measured points it was derived from."""
     measured = read_vidur_layer_ms(root / source.file, source.tensor_parallel)
     points = [(n, ms) for n, ms in measured.items() if n <= source.max_tokens]

@@ -11,7 +11,7 @@ write them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +35,9 @@ class Tier:
             raise SLOError("a tier needs a name")
         for label, value in (("tpot_ms", self.tpot_ms), ("ttft_ms", self.ttft_ms)):
             if not (math.isfinite(value) and value > 0):
-                raise SLOError(f"tier {self.name!r}: {label} must be a positive number, got {value}")
+                raise SLOError(
+                    f"tier {self.name!r}: {label} must be a positive number, got {value}"
+                )
 
 
 class TierSet:
@@ -61,7 +63,7 @@ class TierSet:
     def __len__(self) -> int:
         return len(self.tiers)
 
-    def __iter__(self) -> Iterable[Tier]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Tier]:
         return iter(self.tiers)
 
     def __getitem__(self, index: int) -> Tier:

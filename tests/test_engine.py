@@ -171,7 +171,9 @@ def test_engine_invariants(
     for i, (p0, o0, at, pr) in enumerate(reqs):
         p = min(p0, max_len - 1)
         o = min(o0, max_len - p)
-        by_step.setdefault(at, []).append(Request(i, p, o, priority=pr if policy == "priority" else 0))
+        by_step.setdefault(at, []).append(
+            Request(i, p, o, priority=pr if policy == "priority" else 0)
+        )
     added: list[Request] = []
     emitted: dict[int, int] = {}
     finished: list[Request] = []
@@ -219,7 +221,9 @@ def test_engine_invariants(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    coef=st.tuples(*[st.floats(0, 20)] * 3, st.floats(0, 0.2), st.floats(0, 1e-3), st.floats(0, 1e-5)),
+    coef=st.tuples(
+        *[st.floats(0, 20)] * 3, st.floats(0, 0.2), st.floats(0, 1e-3), st.floats(0, 1e-5)
+    ),
     n=st.integers(0, 500),
     ctx=st.integers(0, 2_000_000),
     new_ctx=st.integers(1, 100_000),
@@ -237,7 +241,9 @@ def test_step_time_never_decreases_when_a_decode_is_added(
         prefill_attn_per_pair_ms=coef[5],
     )
     pairs = prefill * prefill
-    assert prof.step_ms(n + 1, ctx + new_ctx, prefill, pairs) >= prof.step_ms(n, ctx, prefill, pairs)
+    assert prof.step_ms(n + 1, ctx + new_ctx, prefill, pairs) >= prof.step_ms(
+        n, ctx, prefill, pairs
+    )
 
 
 def test_runs_are_deterministic(profile: Profile) -> None:

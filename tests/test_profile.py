@@ -39,7 +39,10 @@ def test_roundtrip_and_lookup(tmp_path: Path) -> None:
         (lambda d: d.pop("kv_cache_tokens"), "kv_cache_tokens: Field required"),
         (lambda d: d.update(max_num_seqs=-3), "max_num_seqs: Input should be greater than 0"),
         (lambda d: d["iteration"].update(linear_floor_ms="fast"), "iteration.linear_floor_ms"),
-        (lambda d: d["iteration"].update(decode_attn_per_ctx_token_ms=-1.0), "decode_attn_per_ctx_token_ms"),
+        (
+            lambda d: d["iteration"].update(decode_attn_per_ctx_token_ms=-1.0),
+            "decode_attn_per_ctx_token_ms",
+        ),
         (lambda d: d.update(colour="blue"), "colour: Extra inputs are not permitted"),
         (lambda d: d.update(max_model_len=10**9), "exceeds the KV cache"),
     ],
@@ -89,7 +92,9 @@ def test_fit_recovers_a_known_model(tmp_path: Path) -> None:
     model, err = fit_iteration_model(samples)
     assert err.max_pct < 1.0
     assert model.linear_per_token_ms == pytest.approx(truth.linear_per_token_ms, rel=0.02)
-    assert model.decode_attn_per_ctx_token_ms == pytest.approx(truth.decode_attn_per_ctx_token_ms, rel=0.05)
+    assert model.decode_attn_per_ctx_token_ms == pytest.approx(
+        truth.decode_attn_per_ctx_token_ms, rel=0.05
+    )
     # the CSV route gives the same fit
     csv = tmp_path / "m.csv"
     csv.write_text(

@@ -63,13 +63,23 @@ def test_deadlines_hand_computed() -> None:
 def test_summary_per_tier_and_cost() -> None:
     def o(tier: str, ok: bool, ttft: float, n: int = 5, tpot: float = 0.02) -> RequestOutcome:
         return RequestOutcome(
-            request_id=f"{tier}{ttft}", tier=tier, arrival=0.0, ttft_ms=500, tpot_ms=50,
-            prompt_tokens=10, output_tokens=n, first_token=ttft, last_token=ttft + tpot * (n - 1),
+            request_id=f"{tier}{ttft}",
+            tier=tier,
+            arrival=0.0,
+            ttft_ms=500,
+            tpot_ms=50,
+            prompt_tokens=10,
+            output_tokens=n,
+            first_token=ttft,
+            last_token=ttft + tpot * (n - 1),
             attained=ok,
         )
 
-    s = summarize([o("t20", True, 0.1), o("t20", False, 0.3), o("t50", True, 0.2)],
-                  tier_order=["t20", "t30", "t50"], instance_seconds=30.0)
+    s = summarize(
+        [o("t20", True, 0.1), o("t20", False, 0.3), o("t50", True, 0.2)],
+        tier_order=["t20", "t30", "t50"],
+        instance_seconds=30.0,
+    )
     assert s.requests == 3 and s.attained == 2
     assert s.attainment == pytest.approx(2 / 3)
     assert list(s.per_tier) == ["t20", "t30", "t50"]

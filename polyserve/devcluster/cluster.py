@@ -49,7 +49,7 @@ SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"
 BUILD_HINT = (
     "Kubernetes binaries not built: run `make kube-build` (tools/kube/build.sh; "
-    "needs Go >= 1.24 and the Go module proxy, ~30-40 min cold on 2 cores) "
+    "needs Go >= 1.24 and the Go module proxy; ~6 min cold on 2 cores) "
     "or point POLYSERVE_KUBE_BIN at a directory holding etcd, kube-apiserver and "
     "kube-controller-manager"
 )

@@ -8,7 +8,12 @@ from polyserve.policy.base import FleetView, PendingRequest, Placement, Policy, 
 from polyserve.policy.estimator import OutputLengthEstimator
 from polyserve.policy.pack_load import PackLoadPolicy
 from polyserve.policy.polyserve import PolyServePolicy
-from polyserve.policy.simple import LeastOutstandingPolicy, MinimalPolicy, RandomPolicy, RoundRobinPolicy
+from polyserve.policy.simple import (
+    LeastOutstandingPolicy,
+    MinimalPolicy,
+    RandomPolicy,
+    RoundRobinPolicy,
+)
 from polyserve.policy.static_partition import StaticPartitionPolicy
 
 POLICY_NAMES = (

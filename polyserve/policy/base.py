@@ -80,7 +80,12 @@ class ServerView:
         self.generated_tokens += n
 
     def on_finish(
-        self, prompt_tokens: int, generated: int, expected_output: float, tpot_ms: float, got_first: bool
+        self,
+        prompt_tokens: int,
+        generated: int,
+        expected_output: float,
+        tpot_ms: float,
+        got_first: bool,
     ) -> None:
         self.n_requests -= 1
         self.prompt_tokens -= prompt_tokens
@@ -105,7 +110,9 @@ class ServerView:
     @property
     def projected_kv_tokens(self) -> float:
         """KV the residents will hold when each reaches its expected output length."""
-        return self.prompt_tokens + max(self.expected_tokens, self.generated_tokens + self.n_requests)
+        return self.prompt_tokens + max(
+            self.expected_tokens, self.generated_tokens + self.n_requests
+        )
 
     @property
     def n_decode(self) -> int:

@@ -33,7 +33,9 @@ class Verdict:
     ttft_pred_ms: float = math.nan
 
 
-KV_HEADROOM = 0.9  # fraction of the KV cache admission plans to fill (blocks round up; outputs overrun)
+KV_HEADROOM = (
+    0.9  # fraction of the KV cache admission plans to fill (blocks round up; outputs overrun)
+)
 #: Fraction of a TPOT that admission and dynamic chunking plan to use. Steps planned at exactly the
 #: TPOT leave nothing for outputs longer than expected or a prefill that ran late.
 TPOT_HEADROOM = 0.9

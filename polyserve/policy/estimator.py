@@ -11,9 +11,13 @@ from collections import deque
 
 
 class OutputLengthEstimator:
-    def __init__(self, n_tiers: int, prior: float = 256.0, window: int = 512, min_samples: int = 16) -> None:
+    def __init__(
+        self, n_tiers: int, prior: float = 256.0, window: int = 512, min_samples: int = 16
+    ) -> None:
         if prior <= 0 or window < 1 or min_samples < 1:
-            raise ValueError("output-length estimator needs prior > 0, window >= 1, min_samples >= 1")
+            raise ValueError(
+                "output-length estimator needs prior > 0, window >= 1, min_samples >= 1"
+            )
         self.prior = prior
         self.min_samples = min_samples
         self._window = [deque[int](maxlen=window) for _ in range(n_tiers)]

@@ -49,7 +49,11 @@ class PolyServePolicy:
             v = can_take(s, req, own_budget, now)
             if v.ok:
                 return Placement(s, ttft_pred_ms=v.ttft_pred_ms)
-        steps = (self._promote, self._scale_up) if self.promote_first else (self._scale_up, self._promote)
+        steps = (
+            (self._promote, self._scale_up)
+            if self.promote_first
+            else (self._scale_up, self._promote)
+        )
         for step in steps:
             placed = step(req, fleet, now, tighter, idle)
             if placed is not None:
@@ -58,7 +62,11 @@ class PolyServePolicy:
 
     @staticmethod
     def _scale_up(
-        req: PendingRequest, fleet: FleetView, now: float, tighter: list[list[ServerView]], idle: list[ServerView]
+        req: PendingRequest,
+        fleet: FleetView,
+        now: float,
+        tighter: list[list[ServerView]],
+        idle: list[ServerView],
     ) -> Placement | None:
         budget = fleet.tiers[req.tier].tpot_ms
         for s in sorted(idle, key=lambda s: s.index):
@@ -69,7 +77,11 @@ class PolyServePolicy:
 
     @staticmethod
     def _promote(
-        req: PendingRequest, fleet: FleetView, now: float, tighter: list[list[ServerView]], idle: list[ServerView]
+        req: PendingRequest,
+        fleet: FleetView,
+        now: float,
+        tighter: list[list[ServerView]],
+        idle: list[ServerView],
     ) -> Placement | None:
         for host_tier in range(req.tier - 1, -1, -1):
             budget = fleet.tiers[host_tier].tpot_ms
@@ -81,7 +93,9 @@ class PolyServePolicy:
 
     def degrade(self, req: PendingRequest, fleet: FleetView, now: float) -> Placement | None:
         """Place a request that can no longer meet its TTFT without hurting anyone's TPOT."""
-        for s in by_load_desc([s for s in fleet.servers if s.available and s.tier is not None and s.tier <= req.tier]):
+        for s in by_load_desc(
+            [s for s in fleet.servers if s.available and s.tier is not None and s.tier <= req.tier]
+        ):
             budget = fleet.tiers[s.tier].tpot_ms if s.tier is not None else req.tpot_ms
             if can_take(s, req, budget, now, degrade=True).ok:
                 return Placement(s, promoted=s.tier != req.tier, degraded=True)

@@ -71,4 +71,6 @@ class MinimalPolicy:
     tiered: bool = False
 
     def place(self, req: PendingRequest, fleet: FleetView, now: float) -> Placement | None:
-        return Placement(min(_pool(fleet), key=lambda s: (predicted_step_ms(s, req.prompt_tokens), s.index)))
+        return Placement(
+            min(_pool(fleet), key=lambda s: (predicted_step_ms(s, req.prompt_tokens), s.index))
+        )

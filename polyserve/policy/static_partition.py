@@ -17,7 +17,9 @@ def partition(n_servers: int, shares: Sequence[float]) -> list[int]:
     """Tier of each server: largest-remainder apportionment with at least one server per tier."""
     k = len(shares)
     if n_servers < k:
-        raise ValueError(f"a static partition of {k} tiers needs at least {k} servers, got {n_servers}")
+        raise ValueError(
+            f"a static partition of {k} tiers needs at least {k} servers, got {n_servers}"
+        )
     total = sum(shares)
     if total <= 0 or any(x < 0 for x in shares):
         raise ValueError(f"partition shares must be >= 0 with a positive sum, got {list(shares)}")
@@ -44,7 +46,9 @@ class StaticPartitionPolicy:
         if len(self._tier_of) != len(fleet.servers):
             tiers = partition(len(fleet.servers), self.shares)
             self._tier_of = {s.index: t for s, t in zip(fleet.servers, tiers, strict=True)}
-        pool: list[ServerView] = [s for s in fleet.available() if self._tier_of[s.index] == req.tier]
+        pool: list[ServerView] = [
+            s for s in fleet.available() if self._tier_of[s.index] == req.tier
+        ]
         if not pool:
             pool = fleet.available()
         return Placement(min(pool, key=lambda s: (s.n_requests, s.index)))

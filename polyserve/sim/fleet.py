@@ -18,7 +18,7 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -74,7 +74,7 @@ class _Server:
     view: ServerView
     engine: Engine
     step: StepResult | None = None
-    live: dict[int, _Live] = field(default_factory=dict)
+    live: dict[Hashable, _Live] = field(default_factory=dict)
     active_since: float | None = None  # assigned (tiered) or switched on
     active_seconds: float = 0.0
     served: int = 0
@@ -135,7 +135,9 @@ class FleetSim:
         if self.cfg.chunk_mode != "dynamic":
             return 0.0
         tier = srv.view.tier
-        tier_tpot = self.cfg.tiers[tier].tpot_ms if tier is not None and self.policy.tiered else math.inf
+        tier_tpot = (
+            self.cfg.tiers[tier].tpot_ms if tier is not None and self.policy.tiered else math.inf
+        )
         budget = min(tier_tpot, srv.view.tightest_tpot_ms)
         return step_budget_ms(budget) if math.isfinite(budget) else 0.0
 
@@ -147,7 +149,9 @@ class FleetSim:
 
     # ---------------------------------------------------------------- run
 
-    def run(self, arrivals: Sequence[Arrival], progress: Callable[[int], None] | None = None) -> SimResult:
+    def run(
+        self, arrivals: Sequence[Arrival], progress: Callable[[int], None] | None = None
+    ) -> SimResult:
         wall0 = time.perf_counter()
         arrivals = sorted(arrivals, key=lambda a: a.time)
         if not self.policy.tiered:
@@ -312,15 +316,17 @@ class FleetSim:
         srv.step = None
         view = srv.view
         for req in res.first_tokens:
-            live = srv.live[req.rid]  # type: ignore[index]
+            live = srv.live[req.rid]
             if not live.got_first:
                 live.got_first = True
                 view.on_first_token(live.arrival.prompt_tokens)
         view.on_tokens(res.n_decode + len(res.first_tokens))
         for req in res.finished:
-            live = srv.live.pop(req.rid)  # type: ignore[arg-type]
+            live = srv.live.pop(req.rid)
             a = live.arrival
-            view.on_finish(a.prompt_tokens, a.output_tokens, live.pending.expected_output, a.tpot_ms, True)
+            view.on_finish(
+                a.prompt_tokens, a.output_tokens, live.pending.expected_output, a.tpot_ms, True
+            )
             self.estimator.observe(a.tier, a.output_tokens)
             self._record(srv, live, req)
         if res.finished:
@@ -338,7 +344,11 @@ class FleetSim:
     def _record(self, srv: _Server, live: _Live, req: Request) -> None:
         a = live.arrival
         ends = np.frombuffer(srv.engine.step_ends, dtype=np.float64)
-        times = np.concatenate([ends[s : s + c] for s, _f, c in req.segments]) if req.segments else ends[:0]
+        times = (
+            np.concatenate([ends[s : s + c] for s, _f, c in req.segments])
+            if req.segments
+            else ends[:0]
+        )
         del ends  # release the buffer so the engine's timeline can grow
         verdict = check_deadlines(a.time, times, a.ttft_ms, a.tpot_ms)
         self.outcomes.append(

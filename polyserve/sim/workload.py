@@ -182,10 +182,7 @@ def shapes_for(name: str, n: int | None, seed: int, offset: int = 0) -> list[Sha
     file path. ``n`` limits the count (a window of the trace starting at ``offset``)."""
     if name == "sharegpt":
         return poisson(read_lengths(TRACES["sharegpt"]), n or 10_000, 1.0, seed)
-    if name in TRACES:
-        shapes = read_azure(TRACES[name])
-    else:
-        shapes = read_table(name)
+    shapes = read_azure(TRACES[name]) if name in TRACES else read_table(name)
     if offset or n:
         shapes = shapes[offset : offset + n if n else None]
     if not shapes:
@@ -206,7 +203,9 @@ class SLOMix:
 
     def __post_init__(self) -> None:
         if not self.tier_probs or any(p < 0 for p in self.tier_probs) or sum(self.tier_probs) <= 0:
-            raise WorkloadError(f"tier probabilities must be >= 0 with a positive sum: {self.tier_probs}")
+            raise WorkloadError(
+                f"tier probabilities must be >= 0 with a positive sum: {self.tier_probs}"
+            )
         if not self.ttft_menu_ms or any(not (v > 0) for v in self.ttft_menu_ms):
             raise WorkloadError(f"the TTFT menu needs positive values: {self.ttft_menu_ms}")
         if self.invert_at is not None and not (0 <= self.invert_at <= 1):
@@ -241,7 +240,11 @@ class SLOAssigner:
         for i, s in enumerate(shapes):
             p = min(s.prompt_tokens, prof.max_model_len - 1)
             o = min(s.output_tokens, prof.max_model_len - p)
-            weights = probs[::-1] if self.mix.invert_at is not None and i >= self.mix.invert_at * n else probs
+            weights = (
+                probs[::-1]
+                if self.mix.invert_at is not None and i >= self.mix.invert_at * n
+                else probs
+            )
             tier = rng.choices(range(len(self.tiers)), weights=weights)[0]
             while tier < len(self.tiers) - 1 and prof.step_ms(1, p + o) > self.tiers[tier].tpot_ms:
                 tier += 1
