@@ -32,6 +32,7 @@ log = logging.getLogger("polyserve.mockengine")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Kind = Literal["chat", "completion"]
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -179,7 +180,7 @@ class EngineServer:
                 request.transport.abort()
             raise web.HTTPServiceUnavailable()
         request_id = request.headers.get(proto.REQUEST_ID_HEADER) or proto.random_request_id()
-        request["request_id"] = request_id
+        request[REQUEST_ID] = request_id
         try:
             resp = await handler(request)
         except proto.ApiError as err:
@@ -317,7 +318,7 @@ class EngineServer:
             raise proto.ApiError(str(err)) from None
         except EngineDeadError:
             raise proto.ApiError("The engine is dead.", 503) from None
-        request_id = str(request["request_id"])
+        request_id = request[REQUEST_ID]
         rid = proto.response_id(kind, request_id)
         try:
             if body.stream:

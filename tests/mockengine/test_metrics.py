@@ -1,0 +1,156 @@
+"""``/metrics``: vLLM's names, types, labels and buckets, moved by real requests; aborts free KV."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from polyserve.mockengine import MockEngineThread
+from polyserve.mockengine import metrics as m
+from tests.mockengine.conftest import MODEL, client, metric, raw, wait_until
+
+EXPECTED = {
+    "vllm:num_requests_running": "gauge",
+    "vllm:num_requests_waiting": "gauge",
+    "vllm:kv_cache_usage_perc": "gauge",
+    "vllm:num_preemptions": "counter",
+    "vllm:prompt_tokens": "counter",
+    "vllm:generation_tokens": "counter",
+    "vllm:request_success": "counter",
+    "vllm:time_to_first_token_seconds": "histogram",
+    "vllm:inter_token_latency_seconds": "histogram",
+    "vllm:request_time_per_output_token_seconds": "histogram",
+    "vllm:e2e_request_latency_seconds": "histogram",
+    "vllm:request_queue_time_seconds": "histogram",
+    "vllm:request_inference_time_seconds": "histogram",
+    "vllm:request_prefill_time_seconds": "histogram",
+    "vllm:request_decode_time_seconds": "histogram",
+    "vllm:iteration_tokens_total": "histogram",
+    "vllm:request_prompt_tokens": "histogram",
+    "vllm:request_generation_tokens": "histogram",
+}
+
+
+def test_names_types_labels_buckets(start_mock: Callable[..., MockEngineThread]) -> None:
+    fleet = start_mock()
+    _, headers, body = raw(fleet.urls[0], "GET", "/metrics")
+    assert headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    for name, kind in EXPECTED.items():
+        assert name in families, name
+        assert families[name].type == kind, name
+        for s in families[name].samples:
+            if s.name.endswith("_created"):
+                continue
+            extra = set(s.labels) - {"model_name", "engine"}
+            assert s.labels["model_name"] == MODEL and s.labels["engine"] == "0"
+            assert extra <= {"le", "finished_reason"}
+    text = body.decode()
+    assert "vllm:num_preemptions_total{" in text and "vllm:iteration_tokens_total_bucket{" in text
+    reasons = {
+        s.labels["finished_reason"]
+        for s in families["vllm:request_success"].samples
+        if s.name.endswith("_total")
+    }
+    assert reasons == {"stop", "length", "abort"}
+
+    def buckets(fam: str) -> list[float]:
+        return [
+            float(s.labels["le"])
+            for s in families[fam].samples
+            if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
+        ]
+
+    assert buckets("vllm:time_to_first_token_seconds") == list(m.TTFT_BUCKETS)
+    assert buckets("vllm:inter_token_latency_seconds") == list(m.ITL_BUCKETS)
+    assert buckets("vllm:request_time_per_output_token_seconds") == list(m.ITL_BUCKETS)
+    assert buckets("vllm:e2e_request_latency_seconds") == list(m.REQUEST_LATENCY_BUCKETS)
+    assert buckets("vllm:iteration_tokens_total") == list(m.ITERATION_TOKENS_BUCKETS)
+    assert buckets("vllm:request_prompt_tokens") == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+    assert m.LABELS == ("model_name", "engine")
+
+
+def test_counters_move_as_requests_complete(start_mock: Callable[..., MockEngineThread]) -> None:
+    fleet = start_mock()
+    url = fleet.urls[0]
+    c = client(url)
+    prompt_total = 0
+    for i in range(3):
+        res = c.completions.create(
+            model=MODEL, prompt=f"request number {i}", max_tokens=5, extra_body={"ignore_eos": True}
+        )
+        assert res.usage is not None
+        prompt_total += res.usage.prompt_tokens
+    assert metric(url, "vllm:request_success_total", finished_reason="length") == 3
+    assert metric(url, "vllm:request_success_total", finished_reason="stop") == 0
+    assert metric(url, "vllm:prompt_tokens_total") == prompt_total
+    assert metric(url, "vllm:generation_tokens_total") == 15
+    assert metric(url, "vllm:time_to_first_token_seconds_count") == 3
+    assert metric(url, "vllm:inter_token_latency_seconds_count") == 12  # 4 gaps each
+    assert metric(url, "vllm:e2e_request_latency_seconds_count") == 3
+    assert metric(url, "vllm:request_generation_tokens_sum") == 15
+    assert metric(url, "vllm:request_time_per_output_token_seconds_count") == 3
+    assert metric(url, "vllm:iteration_tokens_total_count") == 15  # one prefill + 4 decodes each
+    assert metric(url, "vllm:num_requests_running") == 0
+    assert metric(url, "vllm:kv_cache_usage_perc") == 0
+    # measured times are wall-clock and at least the modelled 5 ms steps
+    ttft = metric(url, "vllm:time_to_first_token_seconds_sum") / 3
+    itl = metric(url, "vllm:inter_token_latency_seconds_sum") / 12
+    assert 0.004 < ttft < 0.5 and 0.004 < itl < 0.5
+
+
+def test_aborted_stream_frees_its_kv(start_mock: Callable[..., MockEngineThread]) -> None:
+    fleet = start_mock()
+    url = fleet.urls[0]
+    engine = fleet.servers[0].engine
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10.0)
+    body = {"prompt": "word " * 500, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    conn.request("POST", "/v1/completions", body=json.dumps(body))
+    resp = conn.getresponse()
+    assert resp.status == 200
+    for _ in range(3):  # a few tokens arrive: the request holds KV
+        assert resp.readline().startswith(b"data: ")
+        resp.readline()
+    assert fleet.call(lambda: engine.num_running) == 1
+    assert metric(url, "vllm:kv_cache_usage_perc") > 0
+    assert metric(url, "vllm:num_requests_running") == 1
+    conn.close()  # the client goes away mid-stream
+    wait_until(lambda: fleet.call(lambda: engine.num_running) == 0, what="the abort")
+    assert fleet.call(lambda: (engine.used_blocks, engine.has_work)) == (0, False)
+    assert metric(url, "vllm:kv_cache_usage_perc") == 0
+    assert metric(url, "vllm:num_requests_running") == 0
+    assert metric(url, "vllm:request_success_total", finished_reason="abort") == 1
+    assert fleet.call(lambda: fleet.servers[0].runner.in_flight) == 0
+
+
+def test_waiting_requests_show_in_gauges(start_mock: Callable[..., MockEngineThread]) -> None:
+    from tests.mockengine.conftest import fast_profile
+
+    fleet = start_mock(profile=fast_profile(max_num_seqs=1, max_num_batched_tokens=256))
+    url = fleet.urls[0]
+    conns = []
+    parts = urlsplit(url)
+    for i in range(3):
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10.0)
+        body = {"prompt": f"p{i}", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+        conn.request("POST", "/v1/completions", body=json.dumps(body))
+        conns.append(conn)
+    try:
+        wait_until(
+            lambda: (
+                metric(url, "vllm:num_requests_waiting") == 2
+                and metric(url, "vllm:num_requests_running") == 1
+            ),
+            what="1 running and 2 waiting",
+        )
+    finally:
+        for conn in conns:
+            conn.close()
+    wait_until(lambda: metric(url, "vllm:num_requests_waiting") == 0, what="aborts of waiting")
+    wait_until(lambda: metric(url, "vllm:num_requests_running") == 0, what="abort of running")
+    assert metric(url, "vllm:request_success_total", finished_reason="abort") == 3
