@@ -120,6 +120,92 @@ def profile_fit(
         console.print(f"  {key}: {value:.6g}", highlight=False)
 
 
+QUICK_POLICIES = ("polyserve", "pack-load", "static-partition", "least-outstanding", "co-chunk")
+
+
+@app.command("simulate")
+@user_errors
+def simulate(
+    workload: Annotated[
+        str, typer.Option(help="azure-conv, azure-code, sharegpt (Poisson), or a CSV/JSONL file.")
+    ] = "azure-conv",
+    requests: Annotated[int, typer.Option(min=100, help="Requests to replay.")] = 8000,
+    servers: Annotated[int, typer.Option(min=1, help="Engines in the fleet.")] = 20,
+    profile: Annotated[str, typer.Option(help="Profile name or file.")] = "llama-3.1-8b-h100",
+    policies: Annotated[
+        str, typer.Option(help="Comma-separated policies (see polyserve.policy.POLICY_NAMES).")
+    ] = ",".join(QUICK_POLICIES),
+    threshold: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="Attainment that defines goodput.")
+    ] = 0.9,
+    seed: Annotated[int, typer.Option(help="Seed for SLO assignment and Poisson arrivals.")] = 1,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A fast comparison: 2,500 requests, 5 policies.")
+    ] = False,
+) -> None:
+    """Goodput of each policy on a workload (bisection on the rate for the attainment threshold)."""
+    from rich.progress import Progress
+
+    from polyserve.policy import POLICY_NAMES
+    from polyserve.sim.study import goodput_study
+    from polyserve.sim.workload import SLOAssigner, shapes_for
+
+    if quick:
+        requests = 2500
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    unknown = [n for n in names if n not in POLICY_NAMES]
+    if unknown or not names:
+        raise ValueError(f"unknown policies {unknown}; choose from {', '.join(POLICY_NAMES)}")
+    prof = load_profile(profile)
+    base = SLOAssigner(PAPER_TIERS, prof).assign(shapes_for(workload, requests, seed), seed=seed)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("goodput search", total=len(names) * 10)
+
+        def on_point(name: str, point: object) -> None:
+            bar.update(task, advance=1, description=f"{name}: {point}")
+
+        results, bound = goodput_study(
+            prof, PAPER_TIERS, base, servers, names, threshold, on_point=on_point
+        )
+    optimum = bound.goodput(servers)
+    best_baseline = max(
+        (r.goodput.rate for r in results if not r.name.startswith("polyserve")), default=0.0
+    )
+    table = Table(
+        title=f"Goodput at {threshold:.0%} attainment: {workload}, {len(base)} requests, {servers} x {prof.name}"
+    )
+    table.add_column("policy")
+    table.add_column("goodput req/s", justify="right")
+    table.add_column("vs best baseline", justify="right")
+    table.add_column("% of optimal", justify="right")
+    for tier in PAPER_TIERS.tiers:
+        table.add_column(f"{tier.name} TTFT/TPOT p99 ms", justify="right")
+    for r in results:
+        ratio = r.goodput.rate / best_baseline if best_baseline else float("nan")
+        cells = []
+        for tier in PAPER_TIERS.tiers:
+            ts = r.at_goodput.summary.per_tier.get(tier.name) if r.at_goodput else None
+            cells.append(
+                f"{ts.ttft_ms['p99']:.0f}/{ts.tpot_ms['p99']:.1f}" if ts and ts.requests else "-"
+            )
+        table.add_row(
+            r.name,
+            f"{r.goodput.rate:.1f}",
+            f"{ratio:.2f}x",
+            f"{r.goodput.rate / optimum:.1%}",
+            *cells,
+        )
+    console.print(table)
+    console.print(
+        f"optimal (fluid bound): {optimum:.1f} req/s; per-server capacity by tier: "
+        + ", ".join(
+            f"{t.name} {c:.2f}"
+            for t, c in zip(PAPER_TIERS.tiers, bound.per_server_capacity, strict=True)
+        ),
+        highlight=False,
+    )
+
+
 # Component subcommands register here, one line each (their modules keep their own options).
 app.command("mock-engine")(__import__("polyserve.mockengine.cli", fromlist=["cli"]).mock_engine)
 

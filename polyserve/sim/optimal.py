@@ -1,0 +1,120 @@
+"""The optimal reference: a fluid upper bound on goodput.
+
+Each tier is served by servers that run *only* that tier, every step exactly at the tier's TPOT, with
+no fragmentation (fractional servers), no queueing and no TTFT constraint. A server of tier ``t``
+running steps of ``tau = TPOT_t`` at request rate ``lam`` holds, by Little's law,
+
+    n  = lam * E[out] * tau          decodes per step,
+    p  = lam * E[prompt] * tau       prefill tokens per step,
+    ctx = n * C                      decode context, C = E[(prompt + out/2) * out] / E[out]
+                                     (the token-weighted mean context of a decode),
+    pairs = lam * tau * E[prompt^2] / 2   prefill attention pairs per step,
+
+and the step must fit: ``step_ms(n, ctx, p, pairs) <= tau``, with ``n <= max_num_seqs`` and the KV
+held, ``lam * tau * E[(prompt + out) * out]`` tokens, within the cache. For each step time
+``tau <= TPOT_t`` (a grid) the largest such ``lam`` is found by bisection; the best over ``tau`` is
+the tier's per-server capacity ``cap_t`` (compute-bound tiers peak at ``tau = TPOT``, KV-bound ones
+at shorter steps). A fleet
+of N servers with tier shares ``w_t`` then serves at most ``N / sum_t(w_t / cap_t)`` requests/s.
+No placement can beat it under this profile; a real one loses to integer servers, queueing, TTFT
+and the variance of output lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from polyserve.profile import Profile
+from polyserve.sim.workload import Arrival
+from polyserve.slo import TierSet
+
+
+@dataclass(frozen=True, slots=True)
+class FluidBound:
+    per_server_capacity: tuple[float, ...]  # req/s one server of each tier sustains
+    shares: tuple[float, ...]  # fraction of requests in each tier
+    servers_per_rate: float  # servers needed per 1 req/s of the mix
+
+    def goodput(self, n_servers: int) -> float:
+        return n_servers / self.servers_per_rate
+
+    def server_shares(self) -> list[float]:
+        """Fraction of the servers each tier needs (the best static partition)."""
+        need = [
+            w / c if c > 0 else 0.0
+            for w, c in zip(self.shares, self.per_server_capacity, strict=True)
+        ]
+        total = sum(need)
+        return [x / total for x in need] if total > 0 else [1.0 / len(need)] * len(need)
+
+
+def tier_capacity(
+    profile: Profile, tpot_ms: float, prompts: np.ndarray, outputs: np.ndarray
+) -> float:
+    """Requests/s one server sustains with every step within ``tpot_ms`` (see the module doc)."""
+    return max(
+        _capacity_at(profile, tau_ms, prompts, outputs)
+        for tau_ms in np.linspace(tpot_ms / 20, tpot_ms, 40)
+    )
+
+
+def _capacity_at(
+    profile: Profile, tau_ms: float, prompts: np.ndarray, outputs: np.ndarray
+) -> float:
+    tau = tau_ms / 1000.0
+    e_out = float(outputs.mean())
+    e_prompt = float(prompts.mean())
+    ctx_per_decode = float(((prompts + outputs / 2.0) * outputs).mean()) / e_out
+    e_p2_half = float((prompts.astype(np.float64) ** 2).mean()) / 2.0
+    kv_per_rate = tau * float(((prompts + outputs) * outputs).mean())
+
+    def fits(lam: float) -> bool:
+        n = lam * e_out * tau
+        if n > profile.max_num_seqs or lam * kv_per_rate > profile.kv_cache_tokens:
+            return False
+        p = lam * e_prompt * tau
+        step = profile.step_ms(
+            int(np.ceil(n)) if n > 0 else 0,
+            n * ctx_per_decode,
+            int(np.ceil(p)),
+            lam * tau * e_p2_half,
+        )
+        return step <= tau_ms
+
+    lo, hi = 0.0, 1.0
+    if not fits(1e-6):
+        return 0.0
+    while fits(hi):
+        lo, hi = hi, hi * 2.0
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def fluid_bound(profile: Profile, tiers: TierSet, arrivals: Sequence[Arrival]) -> FluidBound:
+    """The bound for this workload's lengths and tier mix."""
+    if not arrivals:
+        raise ValueError("the fluid bound needs a workload")
+    caps: list[float] = []
+    shares: list[float] = []
+    n = len(arrivals)
+    for t, tier in enumerate(tiers.tiers):
+        mine = [a for a in arrivals if a.tier == t]
+        shares.append(len(mine) / n)
+        if not mine:
+            caps.append(0.0)
+            continue
+        prompts = np.array([a.prompt_tokens for a in mine], dtype=np.float64)
+        outputs = np.array([a.output_tokens for a in mine], dtype=np.float64)
+        caps.append(tier_capacity(profile, tier.tpot_ms, prompts, outputs))
+    if any(c <= 0 for c, w in zip(caps, shares, strict=True) if w > 0):
+        raise ValueError("a tier with requests cannot be served at its TPOT on this profile")
+    per_rate = sum(w / c for w, c in zip(shares, caps, strict=True) if w > 0)
+    return FluidBound(tuple(caps), tuple(shares), per_rate)
