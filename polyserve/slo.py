@@ -135,6 +135,10 @@ class DeadlineCheck:
     worst_slack_ms: float
 
 
+#: Rounding of summed step times (nanoseconds) is not a miss.
+DEADLINE_TOLERANCE_MS = 1e-6
+
+
 def check_deadlines(
     arrival: float, token_times: ArrayLike, ttft_ms: float, tpot_ms: float
 ) -> DeadlineCheck:
@@ -147,7 +151,7 @@ def check_deadlines(
         return DeadlineCheck(False, 0, math.inf, -math.inf)
     deadlines = arrival + (ttft_ms + np.arange(times.size) * tpot_ms) / 1000.0
     slack = (deadlines - times) * 1000.0
-    late = np.flatnonzero(slack < 0.0)
+    late = np.flatnonzero(slack < -DEADLINE_TOLERANCE_MS)
     worst = float(slack.min())
     if late.size == 0:
         return DeadlineCheck(True, None, 0.0, worst)

@@ -170,7 +170,8 @@ class FleetSim:
                 i += 1
                 if progress is not None and i % 1000 == 0:
                     progress(1000)
-            self._start_kicked(now)
+            if i >= n or arrivals[i].time > now:  # same-instant arrivals join one step
+                self._start_kicked(now)
             if not self._events and i >= n:
                 self._drain_queues(now)
         if progress is not None:
