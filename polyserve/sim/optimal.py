@@ -16,7 +16,10 @@ held, ``lam * tau * E[(prompt + out) * out]`` tokens, within the cache. For each
 the tier's per-server capacity ``cap_t`` (compute-bound tiers peak at ``tau = TPOT``, KV-bound ones
 at shorter steps). A fleet
 of N servers with tier shares ``w_t`` then serves at most ``N / sum_t(w_t / cap_t)`` requests/s.
-No placement can beat it under this profile; a real one loses to integer servers, queueing, TTFT
+Goodput only asks for ``attainment`` (90%) of the requests, and a request that is shed costs
+nothing, so the bound at that threshold first drops the costliest ``1 - attainment`` of the requests
+(cost: prompt tokens at the prefill rate plus output tokens at the tier's cost per decode token) and
+then divides the rate by ``attainment``. A real placement loses to integer servers, queueing, TTFT
 and the variance of output lengths.
 """
 
@@ -98,10 +101,26 @@ def _capacity_at(
     return lo
 
 
-def fluid_bound(profile: Profile, tiers: TierSet, arrivals: Sequence[Arrival]) -> FluidBound:
-    """The bound for this workload's lengths and tier mix."""
+def request_cost_ms(profile: Profile, tiers: TierSet, a: Arrival) -> float:
+    """Server-milliseconds one request takes at its tier's full batch (the cost ranking)."""
+    tpot = tiers[a.tier].tpot_ms
+    batch = max(profile.max_decode_batch(tpot, a.prompt_tokens + a.output_tokens / 2), 1)
+    return a.prompt_tokens * profile.iteration.linear_per_token_ms + a.output_tokens * tpot / batch
+
+
+def fluid_bound(
+    profile: Profile, tiers: TierSet, arrivals: Sequence[Arrival], attainment: float = 1.0
+) -> FluidBound:
+    """The bound for this workload's lengths and tier mix, at ``attainment`` (see the module doc)."""
     if not arrivals:
         raise ValueError("the fluid bound needs a workload")
+    if not (0 < attainment <= 1):
+        raise ValueError(f"attainment must be in (0, 1], got {attainment}")
+    if attainment < 1:
+        keep = max(1, int(len(arrivals) * attainment))
+        cheapest = sorted(arrivals, key=lambda a: request_cost_ms(profile, tiers, a))[:keep]
+        full = fluid_bound(profile, tiers, cheapest)
+        return FluidBound(full.per_server_capacity, full.shares, full.servers_per_rate * attainment)
     caps: list[float] = []
     shares: list[float] = []
     n = len(arrivals)

@@ -74,7 +74,7 @@ def goodput_study(
     on_point: Callable[[str, GoodputPoint], None] | None = None,
 ) -> tuple[list[PolicyGoodput], FluidBound]:
     """``base`` is the workload at 1 req/s; each evaluation replays it at another rate."""
-    bound = fluid_bound(profile, tiers, base)
+    bound = fluid_bound(profile, tiers, base, attainment=threshold)
     optimum = bound.goodput(n_servers)
     results: list[PolicyGoodput] = []
     for name in policies:
