@@ -11,7 +11,7 @@ write them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -332,8 +332,3 @@ def goodput_search(
         else:
             bad = mid
     return Goodput(good, threshold, tuple(points))
-
-
-def attainment_by_tier(outcomes: Iterable[RequestOutcome]) -> Mapping[str, float]:
-    """Per-tier attainment fractions (a convenience over :func:`summarize`)."""
-    return {name: t.attainment for name, t in summarize(outcomes).per_tier.items()}

@@ -146,9 +146,6 @@ class FleetView:
     tiers: TierSet
     servers: list[ServerView]
 
-    def in_tier(self, tier: int) -> list[ServerView]:
-        return [s for s in self.servers if s.tier == tier and s.available]
-
     def idle(self) -> list[ServerView]:
         return [s for s in self.servers if s.tier is None and s.available]
 
