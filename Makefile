@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/polyserve simulate --quick
 
 # A real Kubernetes control plane for the tests (etcd, kube-apiserver, kube-controller-manager),
-# compiled from Kubernetes' Go modules into $${POLYSERVE_KUBE_CACHE:-~/.cache/polyserve-kube}.
+# compiled from Kubernetes' Go modules into $POLYSERVE_KUBE_CACHE (default ~/.cache/polyserve-kube).
 # Cold: ~6 min on 2 cores; reused afterwards. See tools/kube/README.md.
 kube-build:
 	tools/kube/build.sh

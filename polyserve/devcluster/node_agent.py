@@ -84,6 +84,13 @@ _PATCH = "application/strategic-merge-patch+json"
 _MERGE = "application/merge-patch+json"
 
 
+def _gone(exc: Any) -> bool:
+    """An ApiException saying the pod was deleted, or replaced by a namesake (uid mismatch)."""
+    if exc.status in (404, 409):
+        return True
+    return bool(exc.status == 422 and "uid" in str(exc.body).lower())
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -427,7 +434,9 @@ class NodeAgent:
         watch_factory: Any = watch.Watch
         while not self._stop.is_set():
             try:
-                resp = self._core.list_pod_for_all_namespaces(_preload_content=False)
+                resp = self._core.list_pod_for_all_namespaces(
+                    _preload_content=False, _request_timeout=60
+                )
                 listing = json.loads(resp.data)
                 version = listing["metadata"]["resourceVersion"]
                 items = listing.get("items", [])
@@ -621,7 +630,7 @@ class NodeAgent:
                 local.name, local.namespace, body, _content_type=_MERGE, _preload_content=False
             )
         except ApiException as exc:
-            if exc.status not in (404, 409):  # deleted meanwhile (or replaced by a namesake)
+            if not _gone(exc):
                 raise
 
     # ----------------------------------------------------------------------------------------
@@ -731,7 +740,7 @@ class NodeAgent:
                 local.name, local.namespace, body, _content_type=_PATCH, _preload_content=False
             )
         except ApiException as exc:
-            if exc.status not in (404, 409):  # deleted meanwhile (or replaced by a namesake)
+            if not _gone(exc):
                 raise
 
     # ----------------------------------------------------------------------------------------
