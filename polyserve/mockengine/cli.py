@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 import typer
 from pydantic import ValidationError
 
+from polyserve.mockengine import timing
 from polyserve.mockengine.settings import DEFAULT_PROFILE, MockEngineSettings
 
 _FAULTS = "Fault injection (tests)"
@@ -91,7 +92,7 @@ def mock_engine(
     from polyserve.profile import ProfileError
 
     try:
-        code = asyncio.run(_main(settings))
+        code = timing.run(_main(settings))
     except (ProfileError, ValueError, OSError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from polyserve.mockengine.server import EngineServer, MockFleet
+from polyserve.mockengine import timing
 from polyserve.mockengine.settings import MockEngineSettings
 from polyserve.profile import Profile
 
@@ -32,7 +33,7 @@ class MockEngineThread:
         self.settings = settings
         self.profile = profile
         self.start_timeout = start_timeout
-        self.loop = asyncio.new_event_loop()
+        self.loop = timing.new_event_loop()
         self.fleet: MockFleet | None = None
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="mock-engine", daemon=True
