@@ -13,8 +13,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-from polyserve.mockengine.server import EngineServer, MockFleet
 from polyserve.mockengine import timing
+from polyserve.mockengine.server import EngineServer, MockFleet
 from polyserve.mockengine.settings import MockEngineSettings
 from polyserve.profile import Profile
 
