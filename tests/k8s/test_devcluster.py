@@ -437,3 +437,25 @@ def test_crashing_process_is_restarted(devcluster: DevCluster, api: Any, namespa
     assert status.last_state.terminated.exit_code == 3
     core.delete_namespaced_pod("crashy", namespace, grace_period_seconds=1)
     wait_for(lambda: not _pods(api, namespace, "crashy"), timeout_s=30, what="pod deletion")
+
+
+def test_default_launcher_runs_the_mock_engine(
+    devcluster: DevCluster, api: Any, namespace: str
+) -> None:
+    """A pod of the polyserve image running `polyserve mock-engine` is a real local mock engine."""
+    client = _client()
+    apps = client.AppsV1Api(api)
+    deployment = _deployment("engine", 1, image="ghcr.io/example/polyserve:dev", gpus=1)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["polyserve", "mock-engine"]
+    container["args"] = ["--port", "8000", "--startup-delay", "0.5", "--log-level", "warning"]
+    apps.create_namespaced_deployment(namespace, deployment)
+    wait_for(lambda: _available(api, namespace, "engine", 1), timeout_s=90, what="a ready engine")
+    (pod,) = _pods(api, namespace, "engine")
+    port = int(pod.metadata.annotations[ANNOTATION_LOCAL_PORT])
+    models = _get_json(port, "/v1/models")
+    assert models["data"], models
+    pid = int(pod.metadata.annotations[ANNOTATION_LOCAL_PID])
+    apps.delete_namespaced_deployment("engine", namespace)
+    wait_for(lambda: not _pods(api, namespace, "engine"), timeout_s=60, what="pod deletion")
+    wait_for(lambda: not _pid_alive(pid), timeout_s=10, what="the engine to exit")
