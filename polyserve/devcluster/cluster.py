@@ -12,6 +12,7 @@ the ``with`` block raises.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -227,7 +228,10 @@ class DevCluster:
         # the serviceaccount controller creates the namespace's default ServiceAccount.
         self._wait("kube-controller-manager", self._default_service_account_exists, deadline)
         if self.start_node_agent:
-            self.node_agent = NodeAgent(self.api_client(), self.node_agent_config)
+            config = self.node_agent_config
+            if config.log_dir is None:  # the pods' process logs next to the control plane's
+                config = dataclasses.replace(config, log_dir=self.logs / "pods")
+            self.node_agent = NodeAgent(self.api_client(), config)
             self.node_agent.start()
             self._wait("node agent", self.node_agent.node_ready, deadline)
 

@@ -245,6 +245,7 @@ class NodeAgent:
         self._next_heartbeat = 0.0
         self._own_log_dir = self.config.log_dir is None
         self.log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="polyserve-agent-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.errors: list[str] = []
         """Unexpected errors the reconcile loop survived (tests can assert it stays empty)."""
