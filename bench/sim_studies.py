@@ -1,0 +1,74 @@
+"""The paper's studies in the simulator: fleet scaling (per-instance goodput from 8 to 64
+instances) and the tier-mix inversion (attainment before and after the mix flips mid-run).
+
+    .venv/bin/python bench/sim_studies.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from polyserve.profile import load_profile
+from polyserve.sim.optimal import fluid_bound
+from polyserve.sim.study import goodput_study, run_once
+from polyserve.sim.workload import SLOAssigner, SLOMix, at_rate, shapes_for
+from polyserve.slo import PAPER_TIERS
+
+PROFILE = "llama-3.1-8b-h100"
+
+
+def scaling(fleets: list[int], policies: list[str], per_server: int) -> None:
+    prof = load_profile(PROFILE)
+    print(
+        f"\nFleet scaling: azure-conv, {per_server} requests per instance, goodput per instance (req/s)"
+    )
+    print(
+        f"{'instances':>9} "
+        + " ".join(f"{p:>18}" for p in policies)
+        + f" {'optimum':>9} {'polyserve/opt':>13}"
+    )
+    for n in fleets:
+        base = SLOAssigner(PAPER_TIERS, prof).assign(
+            shapes_for("azure-conv", per_server * n, 1), seed=1
+        )
+        results, bound = goodput_study(prof, PAPER_TIERS, base, n, policies)
+        opt = bound.goodput(n)
+        cells = " ".join(f"{r.goodput.rate / n:>18.2f}" for r in results)
+        print(f"{n:>9} {cells} {opt / n:>9.2f} {results[0].goodput.rate / opt:>13.1%}", flush=True)
+
+
+def inversion(n_servers: int, requests: int, load: float, policies: list[str]) -> None:
+    prof = load_profile(PROFILE)
+    mix = SLOMix(invert_at=0.5)
+    base = SLOAssigner(PAPER_TIERS, prof, mix).assign(shapes_for("azure-conv", requests, 1), seed=1)
+    bound = fluid_bound(prof, PAPER_TIERS, base, attainment=0.9)
+    rate = load * bound.goodput(n_servers)
+    arrivals = at_rate(base, rate)
+    mid = arrivals[len(arrivals) // 2].time
+    print(
+        f"\nTier-mix inversion: {requests} azure-conv requests at {rate:.0f} req/s ({load:.0%} of the optimum) on {n_servers} instances;"
+    )
+    print("the mix flips from 10/20/30/40% (t20..t100) to 40/30/20/10% halfway")
+    print(f"{'policy':>18} {'before':>8} {'after':>8}")
+    for name in policies:
+        res = run_once(prof, PAPER_TIERS, n_servers, name, arrivals, bound)
+        before = [o.attained for o in res.outcomes if o.arrival < mid]
+        after = [o.attained for o in res.outcomes if o.arrival >= mid]
+        print(
+            f"{name:>18} {sum(before) / len(before):>8.3f} {sum(after) / len(after):>8.3f}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    policies = ["polyserve", "static-partition", "least-outstanding"]
+    fleets = [8, 16] if args.quick else [8, 16, 32, 64]
+    scaling(fleets, policies, per_server=200 if args.quick else 300)
+    inversion(20, 4000 if args.quick else 8000, 0.7, policies)
+
+
+if __name__ == "__main__":
+    main()
