@@ -26,7 +26,8 @@ from mock_fidelity import MockProcess, closed_loop, compare, replay
 from polyserve.profile import load_profile
 
 PROFILE = "llama-3.1-8b-h100"
-SHORT = {"prompt_range": (64, 192), "output_range": (64, 256)}
+PROMPTS = (64, 192)
+OUTPUTS = (64, 256)
 
 
 def idle_fleet(replicas: int, window: float) -> None:
@@ -52,7 +53,7 @@ def loaded_fleet(replicas: int, streams: int, seconds: float) -> None:
         cpu0 = mock.cpu_seconds()
         c0 = time.process_time()
         samples, wall = asyncio.run(
-            closed_loop(mock.urls, streams, 10_000, seed=3, time_limit=seconds, **SHORT)  # type: ignore[arg-type]
+            closed_loop(mock.urls, streams, 10_000, 3, PROMPTS, OUTPUTS, seconds, ramp=1.0)
         )
         cpu = mock.cpu_seconds() - cpu0
         client_cpu = time.process_time() - c0
@@ -76,8 +77,10 @@ def one_engine(levels: list[int], seconds: float) -> None:
     profile = load_profile(PROFILE)
     print(
         f"{'C':>5} {'tokens/s':>9} {'mock CPU':>8} {'client CPU':>10} {'step ms':>8} "
-        f"{'late p50':>8} {'late p99':>8} {'restarts':>8} {'TPOT p50 meas/model':>20} {'err':>6}"
+        f"{'late p50':>8} {'late p99':>8} {'restarts':>8} {'TPOT p50 meas/model':>20} {'err':>6} "
+        f"{'CPU/token':>9}"
     )
+    per_token: list[float] = []
     for c in levels:
         mock = MockProcess(1, PROFILE)
         try:
@@ -85,7 +88,7 @@ def one_engine(levels: list[int], seconds: float) -> None:
             cpu0 = mock.cpu_seconds()
             c0 = time.process_time()
             samples, wall = asyncio.run(
-                closed_loop(mock.urls, c, 100_000, seed=5, time_limit=seconds, **SHORT)  # type: ignore[arg-type]
+                closed_loop(mock.urls, c, 100_000, 5, PROMPTS, OUTPUTS, seconds, ramp=1.0)
             )
             cpu = mock.cpu_seconds() - cpu0
             client_cpu = time.process_time() - c0
@@ -98,9 +101,23 @@ def one_engine(levels: list[int], seconds: float) -> None:
             f"{c:>5} {tokens / wall:>9.0f} {cpu / wall * 100:>7.0f}% {client_cpu / wall * 100:>9.0f}% "
             f"{late['step_ms']:>8.1f} {late['p50_ms']:>8.1f} {late['p99_ms']:>8.1f} "
             f"{int(late['restarts']):>8} {r['tpot_p50_measured_ms']:>9.2f}/{r['tpot_p50_model_ms']:<7.2f}ms "
-            f"{r['tpot_p50_err_pct']:>+5.1f}%",
+            f"{r['tpot_p50_err_pct']:>+5.1f}% {cpu / tokens * 1e6:>7.1f}us",
             flush=True,
         )
+        per_token.append(cpu / tokens)
+    # Extrapolate: the loop saturates one core when a step's token work fills the step.
+    cost = max(per_token)
+    ctx = sum(PROMPTS) / 2 + sum(OUTPUTS) / 4
+    c = 1
+    while c < profile.max_num_seqs and (c + 1) * cost * 1e3 <= profile.step_ms(
+        c + 1, (c + 1) * ctx
+    ):
+        c += 1
+    print(
+        f"CPU per streamed token (worst level): {cost * 1e6:.1f} us -> one core carries about "
+        f"{c} streams on {PROFILE} (where {c} tokens of work fill one {profile.step_ms(c, c * ctx):.1f}"
+        f" ms step){'; capped by max_num_seqs' if c >= profile.max_num_seqs else ''}"
+    )
 
 
 def main() -> None:

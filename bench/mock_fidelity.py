@@ -177,8 +177,12 @@ async def closed_loop(
     prompt_range: tuple[int, int] = (128, 1024),
     output_range: tuple[int, int] = (32, 256),
     time_limit: float = 60.0,
+    ramp: float = 0.0,
 ) -> tuple[list[Sample], float]:
-    """C streams per URL kept open until ``n_requests`` per URL are done (or the time limit)."""
+    """C streams per URL kept open until ``n_requests`` per URL are done (or the time limit).
+
+    With ``ramp`` the streams start spread over that many seconds instead of all at once.
+    """
     rng = random.Random(seed)
     specs = [(rng.randint(*prompt_range), rng.randint(*output_range)) for _ in range(n_requests)]
     samples: list[list[Sample]] = [[] for _ in urls]
@@ -187,14 +191,15 @@ async def closed_loop(
     t0 = time.monotonic()
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
 
-        async def worker(k: int, queue: list[tuple[int, int]]) -> None:
+        async def worker(k: int, j: int, queue: list[tuple[int, int]]) -> None:
+            await asyncio.sleep(ramp * j / concurrency)
             while queue and time.monotonic() - t0 < time_limit:
                 p, o = queue.pop()
                 samples[k].append(await stream_one(session, urls[k], p, o, t0))
 
         queues = [list(reversed(specs)) for _ in urls]
         await asyncio.gather(
-            *(worker(k, queues[k]) for k in range(len(urls)) for _ in range(concurrency))
+            *(worker(k, j, queues[k]) for k in range(len(urls)) for j in range(concurrency))
         )
     return [s for per_url in samples for s in per_url], time.monotonic() - t0
 

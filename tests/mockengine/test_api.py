@@ -209,3 +209,29 @@ def test_priority_accepted_with_priority_policy(
         model=MODEL, prompt="x", max_tokens=2, extra_body={"priority": 5}
     )
     assert res.usage is not None and res.usage.completion_tokens >= 1
+
+
+def test_chat_non_streaming_and_continuous_usage(mock: MockEngineThread) -> None:
+    c = client(mock.urls[0])
+    res = c.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=3,
+        extra_body={"ignore_eos": True},
+    )
+    assert res.object == "chat.completion" and res.choices[0].message.role == "assistant"
+    assert res.choices[0].finish_reason == "length"
+    assert tokenizer.count(res.choices[0].message.content or "") == 3
+    chunks = list(
+        c.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+            extra_body={"ignore_eos": True},
+        )
+    )
+    # every chunk carries usage so far; the last one has no choices
+    assert [ch.usage.completion_tokens for ch in chunks if ch.usage] == [0, 1, 2, 3, 3]
+    assert chunks[-1].choices == []

@@ -154,3 +154,25 @@ def test_waiting_requests_show_in_gauges(start_mock: Callable[..., MockEngineThr
     wait_until(lambda: metric(url, "vllm:num_requests_waiting") == 0, what="aborts of waiting")
     wait_until(lambda: metric(url, "vllm:num_requests_running") == 0, what="abort of running")
     assert metric(url, "vllm:request_success_total", finished_reason="abort") == 3
+
+
+def test_no_state_left_behind(start_mock: Callable[..., MockEngineThread]) -> None:
+    """Finished and aborted requests leave nothing in the engine or the runner (no growth)."""
+    fleet = start_mock()
+    server = fleet.servers[0]
+    c = client(fleet.urls[0])
+    for i in range(30):
+        c.completions.create(model=MODEL, prompt=f"p{i}", max_tokens=3)
+
+    def leftovers() -> tuple[int, ...]:
+        e, r = server.engine, server.runner
+        return (
+            len(e.requests),
+            len(e.running),
+            e.num_waiting,
+            len(e.step_ends),
+            len(r._streams),
+            len(r._unscheduled),
+        )
+
+    assert fleet.call(leftovers) == (0, 0, 0, 0, 0, 0)
