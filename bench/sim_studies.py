@@ -66,7 +66,8 @@ def main() -> None:
     args = ap.parse_args()
     policies = ["polyserve", "static-partition", "least-outstanding"]
     fleets = [8, 16] if args.quick else [8, 16, 32, 64]
-    scaling(fleets, policies, per_server=200 if args.quick else 300)
+    # runs must be long against a request's life (~10 s): ~1,000 requests per instance at full size
+    scaling(fleets, policies, per_server=300 if args.quick else 1000)
     inversion(20, 4000 if args.quick else 8000, 0.7, policies)
 
 
