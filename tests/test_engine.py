@@ -144,6 +144,7 @@ request_st = st.tuples(
     max_seqs=st.integers(1, 16),
     threshold=st.sampled_from([0, 0, 32, 100]),
     policy=st.sampled_from(["fcfs", "priority"]),
+    chunk_budget=st.sampled_from([0.0, 0.0, 9.0, 12.0, 30.0]),
     abort_at=st.one_of(st.none(), st.tuples(st.integers(0, 24), st.integers(0, 40))),
 )
 def test_engine_invariants(
@@ -154,6 +155,7 @@ def test_engine_invariants(
     max_seqs: int,
     threshold: int,
     policy: str,
+    chunk_budget: float,
     abort_at: tuple[int, int] | None,
 ) -> None:
     kv = kv_blocks * block_size
@@ -165,6 +167,7 @@ def test_engine_invariants(
         max_num_seqs=max_seqs,
         long_prefill_token_threshold=threshold,
         scheduling_policy=policy,  # type: ignore[arg-type]
+        chunk_budget_ms=chunk_budget,
     )
     eng = Engine(prof, cfg)
     by_step: dict[int, list[Request]] = {}
@@ -259,3 +262,22 @@ def test_runs_are_deterministic(profile: Profile) -> None:
         return out
 
     assert trace() == trace()
+
+
+def test_dynamic_chunk_keeps_steps_within_budget_while_decodes_run(profile: Profile) -> None:
+    cfg = EngineConfig.from_profile(profile, chunk_budget_ms=14.0)
+    eng = Engine(profile, cfg)
+    for i in range(8):
+        eng.add(Request(f"d{i}", 64, 200))
+    now = eng.step(0.0).end  # all eight prefill together: no decodes yet, nothing to protect
+    eng.add(Request("long", 2000, 5))
+    steps = []
+    while eng.requests.get("long") is not None and eng.requests["long"].first_token_step < 0:
+        res = eng.step(now)
+        steps.append(res)
+        now = res.end
+    assert len(steps) > 1  # the long prompt was cut into several chunks
+    for res in steps:
+        assert res.n_decode == 8
+        # within budget, unless the chunk was already down to one block
+        assert res.duration_ms <= 14.0 or res.prefill_tokens <= profile.block_size
