@@ -274,24 +274,35 @@ class EngineRunner:
         for rid in done:
             del self._unscheduled[rid]
 
+    @staticmethod
+    def _emit(s: TokenStream, now: float, itl: Callable[[float], None]) -> None:
+        if s.released:
+            itl(now - s.last_token)
+        s.released += 1
+        s.last_token = now
+        s._wake()
+
     def _release(self, res: StepResult, now: float) -> None:
         streams = self._streams
         m = self.metrics
-        for req in res.first_tokens:
-            s = streams.get(req.rid)
-            if s is not None and s.first_token is None:
-                s.first_token = now
-                m.ttft.observe(now - s.arrival)
         itl = m.itl.observe
-        for req in res.emitted or ():
+        # First tokens go out first: a step's writes take time, and TTFT is the tighter SLO.
+        first_ids = set()
+        for req in res.first_tokens:
+            first_ids.add(req.rid)
             s = streams.get(req.rid)
             if s is None:
                 continue  # aborted during the step
-            if s.released:
-                itl(now - s.last_token)
-            s.released += 1
-            s.last_token = now
-            s._wake()
+            if s.first_token is None:
+                s.first_token = now
+                m.ttft.observe(now - s.arrival)
+            self._emit(s, now, itl)
+        for req in res.emitted or ():
+            if req.rid in first_ids:
+                continue
+            s = streams.get(req.rid)
+            if s is not None:
+                self._emit(s, now, itl)
         for req in res.finished:
             s = streams.pop(req.rid, None)
             if s is None:
