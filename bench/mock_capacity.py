@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,8 +74,26 @@ def loaded_fleet(replicas: int, streams: int, seconds: float) -> None:
     )
 
 
-def one_engine(levels: list[int], seconds: float) -> None:
+def _sample_cpu(
+    mock: MockProcess, t0: float, window: tuple[float, float], out: list[tuple[float, float]]
+) -> None:
+    """(mock CPU seconds, this process's CPU seconds) at t0 + each end of the window."""
+    for at in window:
+        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        out.append((mock.cpu_seconds(), time.process_time()))
+
+
+def one_engine(levels: list[int], seconds: float, *extra: str) -> None:
+    """One engine; ``extra`` options (e.g. a larger --max-num-seqs) go to the mock and the model."""
     profile = load_profile(PROFILE)
+    overrides = dict(zip(extra[::2], extra[1::2], strict=True))
+    if "--max-num-seqs" in overrides or "--kv-cache-tokens" in overrides:
+        profile = profile.model_copy(
+            update={
+                "max_num_seqs": int(overrides.get("--max-num-seqs", profile.max_num_seqs)),
+                "kv_cache_tokens": int(overrides.get("--kv-cache-tokens", profile.kv_cache_tokens)),
+            }
+        )
     print(
         f"{'C':>5} {'tokens/s':>9} {'mock CPU':>8} {'client CPU':>10} {'step ms':>8} "
         f"{'late p50':>8} {'late p99':>8} {'restarts':>8} {'TPOT p50 meas/model':>20} {'err':>6} "
@@ -82,25 +101,34 @@ def one_engine(levels: list[int], seconds: float) -> None:
     )
     per_token: list[float] = []
     for c in levels:
-        mock = MockProcess(1, PROFILE)
+        mock = MockProcess(1, PROFILE, *extra)
         try:
             asyncio.run(closed_loop(mock.urls, 1, 1, seed=99))
-            cpu0 = mock.cpu_seconds()
-            c0 = time.process_time()
-            samples, wall = asyncio.run(
+            # CPU is read in the steady window (after the 1 s ramp, before new requests stop):
+            # the drain of the last requests would dilute the averages.
+            window = (2.0, seconds)
+            readings: list[tuple[float, float]] = []
+            t0 = time.monotonic()
+            sampler = threading.Thread(target=_sample_cpu, args=(mock, t0, window, readings))
+            sampler.start()
+            samples, _ = asyncio.run(
                 closed_loop(mock.urls, c, 100_000, 5, PROMPTS, OUTPUTS, seconds, ramp=1.0)
             )
-            cpu = mock.cpu_seconds() - cpu0
-            client_cpu = time.process_time() - c0
+            sampler.join()
         finally:
             mock.stop()
+        span = window[1] - window[0]
+        cpu = readings[1][0] - readings[0][0]
+        client_cpu = readings[1][1] - readings[0][1]
+        tokens = sum(window[0] <= t < window[1] for s in samples for t in s.token_times)
         late = mock.lateness()[0]
         r = compare(samples, replay(profile, samples))
-        tokens = sum(s.output_tokens for s in samples)
         print(
-            f"{c:>5} {tokens / wall:>9.0f} {cpu / wall * 100:>7.0f}% {client_cpu / wall * 100:>9.0f}% "
+            f"{c:>5} {tokens / span:>9.0f} {cpu / span * 100:>7.0f}% "
+            f"{client_cpu / span * 100:>9.0f}% "
             f"{late['step_ms']:>8.1f} {late['p50_ms']:>8.1f} {late['p99_ms']:>8.1f} "
-            f"{int(late['restarts']):>8} {r['tpot_p50_measured_ms']:>9.2f}/{r['tpot_p50_model_ms']:<7.2f}ms "
+            f"{int(late['restarts']):>8} "
+            f"{r['tpot_p50_measured_ms']:>9.2f}/{r['tpot_p50_model_ms']:<7.2f}ms "
             f"{r['tpot_p50_err_pct']:>+5.1f}% {cpu / tokens * 1e6:>7.1f}us",
             flush=True,
         )
@@ -124,6 +152,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer levels")
     ap.add_argument("--levels", default="64,128,256,512,768")
+    ap.add_argument(
+        "--beyond",
+        default="1024,2048,3072",
+        help="levels past the profile's max_num_seqs (run with --max-num-seqs 4096)",
+    )
     args = ap.parse_args()
     seconds = 6.0 if args.quick else 12.0
     idle_fleet(20, 5.0 if args.quick else 10.0)
@@ -131,6 +164,10 @@ def main() -> None:
     loaded_fleet(20, 8, seconds)
     levels = [int(x) for x in args.levels.split(",")]
     one_engine(levels[:3] if args.quick else levels, seconds)
+    if args.beyond and not args.quick:
+        print("past the profile's limits: --max-num-seqs 4096 --kv-cache-tokens 2000000")
+        big = ("--max-num-seqs", "4096", "--kv-cache-tokens", "2000000")
+        one_engine([int(x) for x in args.beyond.split(",")], seconds, *big)
 
 
 if __name__ == "__main__":

@@ -293,6 +293,20 @@ def replay(profile: Profile, samples: list[Sample]) -> list[list[float]]:
     return [engine.token_times(reqs[i]) for i in range(len(samples))]
 
 
+async def http_floor(url: str, prompt_tokens: int, n: int = 30) -> float:
+    """Median round trip of a POST /tokenize with a prompt of that size: the HTTP + JSON cost
+    that every measured TTFT carries on top of the engine's time."""
+    body = {"prompt": " ".join(["tok"] * (prompt_tokens - 1))}
+    times = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n):
+            t = time.monotonic()
+            async with session.post(url + "/tokenize", json=body) as resp:
+                await resp.read()
+            times.append(time.monotonic() - t)
+    return float(np.median(times))
+
+
 def scrape_sums(url: str) -> dict[str, float]:
     """``_sum`` and ``_count`` of the mock's TTFT and inter-token histograms."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
@@ -342,6 +356,7 @@ def run_level(
     mock = MockProcess(1, profile_name)
     try:
         asyncio.run(closed_loop(mock.urls, 1, 2, seed=99))  # warm-up (imports, first connection)
+        floor = asyncio.run(http_floor(mock.urls[0], sum(PROMPTS) // 2))
         cpu0 = mock.cpu_seconds()
         before = scrape_sums(mock.urls[0])
         if closed:
@@ -367,7 +382,12 @@ def run_level(
     itl_srv = (
         d["vllm:inter_token_latency_seconds_sum"] / d["vllm:inter_token_latency_seconds_count"]
     )
+    p50_model = result["ttft_p50_model_ms"]
     result.update(
+        http_floor_ms=floor * 1e3,
+        ttft_p50_net_err_pct=(result["ttft_p50_measured_ms"] - floor * 1e3 - p50_model)
+        / p50_model
+        * 100.0,
         server_ttft_mean_err_pct=(ttft_srv - ttft_model) / ttft_model * 100.0,
         server_itl_mean_err_pct=(itl_srv - itl_model) / itl_model * 100.0,
     )
@@ -401,17 +421,19 @@ def main() -> None:
         f"outputs {OUTPUTS[0]}-{OUTPUTS[1]} tokens (ignore_eos)"
     )
     print(
-        f"{'C':>4} {'mean C':>6} {'reqs':>5} {'TTFT p50 meas/model':>20} {'err':>6} "
+        f"{'C':>4} {'mean C':>6} {'reqs':>5} {'TTFT p50 meas/model':>20} {'err':>6} {'net':>6} "
         f"{'p99 err':>7} {'ITL p50 meas/model':>19} {'err':>6} {'p99 err':>7} "
         f"{'TPOT p50 err':>12} {'p99 err':>7} {'srv TTFT/ITL mean err':>21} "
         f"{'late p50/p99':>13} {'mock CPU':>8}"
     )
+    floors = []
     for c in (int(x) for x in args.levels.split(",")):
         r = run_level(args.profile, c, max(20, c * args.requests), args.seed, args.closed)
         print(
             f"{c:>4} {r['achieved']:>6.1f} {int(r['requests']):>5} "
             f"{r['ttft_p50_measured_ms']:>8.1f}/{r['ttft_p50_model_ms']:<7.1f}ms "
-            f"{r['ttft_p50_err_pct']:>+5.1f}% {r['ttft_p99_err_pct']:>+6.1f}% "
+            f"{r['ttft_p50_err_pct']:>+5.1f}% {r['ttft_p50_net_err_pct']:>+5.1f}% "
+            f"{r['ttft_p99_err_pct']:>+6.1f}% "
             f"{r['itl_p50_measured_ms']:>7.2f}/{r['itl_p50_model_ms']:<7.2f}ms "
             f"{r['itl_p50_err_pct']:>+5.1f}% {r['itl_p99_err_pct']:>+6.1f}% "
             f"{r['tpot_p50_err_pct']:>+11.1f}% {r['tpot_p99_err_pct']:>+6.1f}% "
@@ -420,6 +442,12 @@ def main() -> None:
             f"{r['mock_cpu_pct']:>7.0f}%",
             flush=True,
         )
+        floors.append(r["http_floor_ms"])
+    print(
+        f"HTTP floor (median POST /tokenize round trip, {sum(PROMPTS) // 2}-token prompt): "
+        + ", ".join(f"{f:.2f}" for f in floors)
+        + " ms; 'net' = TTFT error after subtracting it"
+    )
 
 
 if __name__ == "__main__":
