@@ -2,9 +2,11 @@
 
 Kept free of server code so that a client or the router can reuse it: :class:`SSEDecoder` splits
 a byte stream into ``data:`` payloads, :func:`parse_sse_payload` reads one chunk, and the
-builders here write exactly what vLLM's OpenAI server writes (compact JSON, one event per token,
-the role chunk first in chat, ``finish_reason`` and ``stop_reason`` in the last content chunk, the
-optional usage chunk with ``"choices": []``, then ``data: [DONE]``).
+builders here write what vLLM's OpenAI server writes: compact JSON, one event per token; chat
+chunks with only the fields vLLM sets (the role chunk first, ``finish_reason`` and
+``stop_reason`` in the last content chunk), completion chunks with every field (vLLM dumps them
+with ``exclude_unset=False``: ``stop_reason``, ``prompt_token_ids``, ``token_ids`` and ``usage``
+are null until set); the optional usage chunk with ``"choices": []``; then ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -394,7 +396,10 @@ class StreamEncoder:
             self._suffix = b'},"logprobs":null,"finish_reason":null}]}\n\n'
         else:
             self._prefix = b"data: " + head + b',"choices":[{"index":0,"text":'
-            self._suffix = b',"logprobs":null,"finish_reason":null}]}\n\n'
+            self._suffix = (
+                b',"logprobs":null,"finish_reason":null,"stop_reason":null,'
+                b'"prompt_token_ids":null,"token_ids":null}],"usage":null}\n\n'
+            )
 
     def _choice(self, text: str, finish_reason: str | None, role: bool = False) -> dict[str, Any]:
         if self.kind == "chat":
@@ -406,8 +411,11 @@ class StreamEncoder:
             choice = {"index": 0, "text": text}
         choice["logprobs"] = None
         choice["finish_reason"] = finish_reason
-        if finish_reason is not None:
-            choice["stop_reason"] = None
+        if self.kind == "completion":
+            # vLLM dumps completion chunks with every field (exclude_unset=False)
+            choice.update(stop_reason=None, prompt_token_ids=None, token_ids=None)
+        elif finish_reason is not None:
+            choice["stop_reason"] = None  # chat chunks carry only the fields that were set
         return choice
 
     def chunk(
@@ -417,6 +425,8 @@ class StreamEncoder:
         out["choices"] = choices
         if completion_tokens is not None:
             out["usage"] = usage(self.prompt_tokens, completion_tokens)
+        elif self.kind == "completion" and choices:
+            out["usage"] = None
         return out
 
     def role(self) -> bytes:

@@ -94,7 +94,9 @@ def test_completion_stream_raw_framing(mock: MockEngineThread) -> None:
     assert [c["id"] for c in chunks] == ["cmpl-my-id-7"] * 5
     assert all(c["object"] == "text_completion" for c in chunks)
     assert [c["choices"][0]["finish_reason"] for c in chunks[:4]] == [None, None, None, "length"]
-    assert "stop_reason" in chunks[3]["choices"][0] and "stop_reason" not in chunks[0]["choices"][0]
+    # vLLM writes completion chunks with every field: stop_reason is null until the end
+    assert all(c["choices"][0]["stop_reason"] is None for c in chunks[:4])
+    assert all(c["usage"] is None for c in chunks[:4])
     assert chunks[4]["choices"] == [] and chunks[4]["usage"]["completion_tokens"] == 4
 
 

@@ -48,6 +48,10 @@ def test_fast_content_chunk_equals_the_built_one() -> None:
         fast = enc.token(' "wörd"', 1)
         built = proto.sse_event(enc.chunk([enc._choice(' "wörd"', None)]))
         assert fast == built
+        if kind == "chat":
+            assert "stop_reason" not in json.loads(fast[6:])["choices"][0]
+        else:
+            assert json.loads(fast[6:])["usage"] is None
         final = json.loads(enc.final(" x", "length", 3)[6:])
         assert final["choices"][0]["finish_reason"] == "length"
         assert final["choices"][0]["stop_reason"] is None
