@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyserve.mockengine.cli import mock_engine
 from polyserve.profile import (
     ProfileError,
     available_profiles,
@@ -210,7 +211,7 @@ def simulate(
 
 
 # Component subcommands register here, one line each (their modules keep their own options).
-app.command("mock-engine")(__import__("polyserve.mockengine.cli", fromlist=["cli"]).mock_engine)
+app.command("mock-engine")(mock_engine)
 
 
 def main() -> None:
