@@ -414,34 +414,25 @@ class Engine:
         decode_ctx = self._dec_c_sum + n_decode * (s + 1)
         scheduled = pairs = 0
 
-        def cut(req: Request, chunk: int) -> int:
-            """PolyServe's dynamic chunk: the largest chunk that keeps the step within budget.
-            With no decodes running there is nobody's TPOT to protect: the chunk is not cut."""
-            if not cfg.chunk_budget_ms or not n_decode or chunk <= bs:
-                return chunk
-            fit = self.profile.max_prefill_chunk(
-                cfg.chunk_budget_ms, n_decode, decode_ctx, req.computed, chunk, scheduled, pairs
-            )
-            return max(fit, bs)
-
-        # 2. partial prefills already running, in admission order
         chunks: list[tuple[Request, int]] = []
-        for req in list(self._prefilling.values()):
-            if budget <= 0:
-                break
-            if req.rid not in self._prefilling:  # preempted earlier in this loop
-                continue
+
+        def next_chunk(req: Request) -> tuple[int, int]:
+            """The request's next chunk and the KV blocks it needs. The chunk is the rest of its
+            prefill, capped by the budget left, the long-prefill threshold, and PolyServe's dynamic
+            chunk (the largest that keeps the step within budget; not cut when no decodes run:
+            there is nobody's TPOT to protect)."""
             chunk = min(req.prefill_target - req.computed, budget)
             if threshold:
                 chunk = min(chunk, threshold)
-            chunk = cut(req, chunk)
-            need = _ceil_div(req.computed + chunk, bs) - req.blocks
-            # Decodes already hold this step's blocks, so only partial prefills are preempted here.
-            while need > self.free_blocks and req.rid in self._prefilling:
-                if self._preempt_last(preempted, self._prefilling) is req:
-                    break
-            if req.rid not in self._prefilling:
-                continue
+            if cfg.chunk_budget_ms and n_decode and chunk > bs:
+                fit = self.profile.max_prefill_chunk(
+                    cfg.chunk_budget_ms, n_decode, decode_ctx, req.computed, chunk, scheduled, pairs
+                )
+                chunk = max(fit, bs)
+            return chunk, _ceil_div(req.computed + chunk, bs) - req.blocks
+
+        def take(req: Request, chunk: int, need: int) -> None:
+            nonlocal budget, scheduled, pairs
             self.free_blocks -= need
             req.blocks += need
             budget -= chunk
@@ -449,17 +440,28 @@ class Engine:
             pairs += chunk * (req.computed + chunk)
             chunks.append((req, chunk))
 
+        # 2. partial prefills already running, in admission order
+        for req in list(self._prefilling.values()):
+            if budget <= 0:
+                break
+            if req.rid not in self._prefilling:  # preempted earlier in this loop
+                continue
+            chunk, need = next_chunk(req)
+            # Decodes already hold this step's blocks, so only partial prefills are preempted here.
+            while need > self.free_blocks and req.rid in self._prefilling:
+                if self._preempt_last(preempted, self._prefilling) is req:
+                    break
+            if req.rid not in self._prefilling:
+                continue
+            take(req, chunk, need)
+
         # 3. admit waiting requests (not in a step that preempted)
         if not preempted:
             while budget > 0 and len(self.running) < cfg.max_num_seqs:
                 head = self._peek_waiting()
                 if head is None:
                     break
-                chunk = min(head.prefill_target - head.computed, budget)
-                if threshold:
-                    chunk = min(chunk, threshold)
-                chunk = cut(head, chunk)
-                need = _ceil_div(head.computed + chunk, bs) - head.blocks
+                chunk, need = next_chunk(head)
                 if need > self.free_blocks:
                     break
                 self._pop_waiting()
@@ -467,12 +469,7 @@ class Engine:
                 head.admitted = next(self._admit_seq)
                 self.running[head.rid] = head
                 self._prefilling[head.rid] = head
-                self.free_blocks -= need
-                head.blocks += need
-                budget -= chunk
-                scheduled += chunk
-                pairs += chunk * (head.computed + chunk)
-                chunks.append((head, chunk))
+                take(head, chunk, need)
 
         prefill_tokens = scheduled
         if n_decode == 0 and prefill_tokens == 0:

@@ -252,21 +252,21 @@ class FleetSim:
             while q:
                 self._reject(q.popleft())
 
-    def _reject(self, live: _Live) -> None:
-        a = live.arrival
-        self.rejected += 1
-        self.outcomes.append(
-            RequestOutcome(
-                request_id=str(a.rid),
-                tier=self.cfg.tiers[a.tier].name,
-                arrival=a.time,
-                ttft_ms=a.ttft_ms,
-                tpot_ms=a.tpot_ms,
-                prompt_tokens=a.prompt_tokens,
-                output_tokens=0,
-                rejected=True,
-            )
+    def _outcome(self, a: Arrival, **measured: object) -> RequestOutcome:
+        """An outcome carrying the arrival's SLO; ``measured`` holds what happened to it."""
+        return RequestOutcome(
+            request_id=str(a.rid),
+            tier=self.cfg.tiers[a.tier].name,
+            arrival=a.time,
+            ttft_ms=a.ttft_ms,
+            tpot_ms=a.tpot_ms,
+            prompt_tokens=a.prompt_tokens,
+            **measured,  # type: ignore[arg-type]
         )
+
+    def _reject(self, live: _Live) -> None:
+        self.rejected += 1
+        self.outcomes.append(self._outcome(live.arrival, output_tokens=0, rejected=True))
 
     def _admit(self, live: _Live, placement: Placement, now: float) -> None:
         srv = self.servers[placement.server.index]
@@ -353,13 +353,8 @@ class FleetSim:
         del ends  # release the buffer so the engine's timeline can grow
         verdict = check_deadlines(a.time, times, a.ttft_ms, a.tpot_ms)
         self.outcomes.append(
-            RequestOutcome(
-                request_id=str(a.rid),
-                tier=self.cfg.tiers[a.tier].name,
-                arrival=a.time,
-                ttft_ms=a.ttft_ms,
-                tpot_ms=a.tpot_ms,
-                prompt_tokens=a.prompt_tokens,
+            self._outcome(
+                a,
                 output_tokens=int(times.size),
                 first_token=float(times[0]) if times.size else None,
                 last_token=float(times[-1]) if times.size else None,

@@ -9,9 +9,22 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from polyserve.sim.study import PolicyGoodput
 from polyserve.slo import TierSet
+
+
+def _save(fig: Figure, ax: Axes, title: str, path: Path, grid: bool = True) -> Path:
+    if grid:
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def attainment_vs_load(
@@ -30,13 +43,7 @@ def attainment_vs_load(
     ax.set_xlabel("arrival rate / fluid optimum at the threshold")
     ax.set_ylabel("SLO attainment")
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Attainment vs load (points tried by the goodput search)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "Attainment vs load (points tried by the goodput search)", path)
 
 
 def per_tier_attainment(results: Sequence[PolicyGoodput], tiers: TierSet, path: Path) -> Path:
@@ -54,12 +61,7 @@ def per_tier_attainment(results: Sequence[PolicyGoodput], tiers: TierSet, path: 
     )
     ax.set_ylabel("attainment at the policy's goodput")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    ax.set_title("Per-tier attainment")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "Per-tier attainment", path, grid=False)
 
 
 def load_per_server(results: Sequence[PolicyGoodput], path: Path) -> Path:
@@ -71,13 +73,7 @@ def load_per_server(results: Sequence[PolicyGoodput], path: Path) -> Path:
         ax.plot(range(1, len(served) + 1), served, marker=".", label=r.name)
     ax.set_xlabel("server (most loaded first)")
     ax.set_ylabel("requests served")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Load per server: the gradient PolyServe creates")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "Load per server: the gradient PolyServe creates", path)
 
 
 def write_all(
