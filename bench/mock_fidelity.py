@@ -18,7 +18,6 @@ import itertools
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from polyserve.engine import Engine, Request  # noqa: E402
+from polyserve.mockengine.testing import free_port_run  # noqa: E402
 from polyserve.profile import Profile, load_profile  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -49,28 +49,6 @@ class Sample:
 
 
 # ------------------------------------------------------------------ the mock process
-
-
-def free_port_run(n: int) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n > 65535:
-            continue
-        try:
-            socks = []
-            for i in range(n):
-                t = socket.socket()
-                socks.append(t)
-                t.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise RuntimeError("no free ports")
 
 
 class MockProcess:

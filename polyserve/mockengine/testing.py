@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -19,6 +20,29 @@ from polyserve.mockengine.settings import MockEngineSettings
 from polyserve.profile import Profile
 
 T = TypeVar("T")
+
+
+def free_port_run(n: int, tries: int = 100) -> int:
+    """A loopback port p such that p..p+n-1 were all free a moment ago (for ``--replicas n``)."""
+    for _ in range(tries):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + n > 65535:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for i in range(n):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no run of {n} free loopback ports found in {tries} tries")
 
 
 class MockEngineThread:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from polyserve.cli import app
 from polyserve.mockengine import MockEngineSettings, MockEngineThread
+from polyserve.mockengine.testing import free_port_run
 from tests.mockengine.conftest import MODEL, STEP_MS, client, fast_profile, metric, raw, wait_until
 
 
@@ -27,29 +28,6 @@ def _refused(url: str) -> bool:
             return False
     except ConnectionRefusedError:
         return True
-
-
-def _free_port_run(n: int) -> int:
-    """A port p such that p..p+n-1 were free a moment ago."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        socks = []
-        try:
-            for i in range(n):
-                t = socket.socket()
-                socks.append(t)
-                t.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    pytest.skip("no run of free ports")
 
 
 def test_startup_delay_answers_503_then_200(start_mock: Callable[..., MockEngineThread]) -> None:
@@ -91,7 +69,7 @@ def test_crash_at_and_refuse_connections(start_mock: Callable[..., MockEngineThr
     url = fleet.urls[0]
     assert raw(url, "GET", "/health")[0] == 200
     wait_until(lambda: _refused(url), what="--crash-at")
-    port = _free_port_run(1)
+    port = free_port_run(1)
     refusing = start_mock(port=port, refuse_connections=True)
     assert _refused(refusing.urls[0])
 
@@ -99,7 +77,7 @@ def test_crash_at_and_refuse_connections(start_mock: Callable[..., MockEngineThr
 def test_replicas_on_consecutive_ports_with_own_state(
     start_mock: Callable[..., MockEngineThread],
 ) -> None:
-    base = _free_port_run(3)
+    base = free_port_run(3)
     fleet = start_mock(port=base, replicas=3)
     assert [urlsplit(u).port for u in fleet.urls] == [base, base + 1, base + 2]
     client(fleet.urls[1]).completions.create(model=MODEL, prompt="x", max_tokens=3)
@@ -150,7 +128,7 @@ def test_cli_rejects_bad_options_without_traceback(args: list[str], needle: str)
 
 
 def test_cli_serves_until_terminated() -> None:
-    port = _free_port_run(2)
+    port = free_port_run(2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "polyserve", "mock-engine", "--port", str(port), "--replicas", "2"],
         stdout=subprocess.PIPE,
