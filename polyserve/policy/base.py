@@ -50,6 +50,7 @@ class ServerView:
     max_batched_tokens: int  # the engine's per-step token budget
     chunk_budget_ms: float = 0.0  # > 0: the engine cuts prefill chunks to this step time
     tier: int | None = None  # assigned tier; None = idle pool (or a shared pool)
+    pinned: bool = False  # the tier is fixed (a tier's own deployment): never released to the pool
     draining: bool = False
     healthy: bool = True
     busy_until: float = 0.0  # when its current step ends (0: idle)

@@ -1,7 +1,8 @@
 """Load-balancing baselines that place at once and let the engine queue: random, round-robin,
 least-outstanding-requests (vLLM production-stack's and AIBrix's default), and Minimal (the paper's:
 the server with the shortest predicted iteration time). CO-Chunk is Minimal on engines that all run a
-static chunked-prefill token budget (the simulator sets the budget)."""
+static chunked-prefill token budget (the simulator sets the budget). With no server available they
+return ``None`` (the request waits in the router until one is)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,6 @@ import random
 from dataclasses import dataclass, field
 
 from polyserve.policy.base import FleetView, PendingRequest, Placement, ServerView
-
-
-def _pool(fleet: FleetView) -> list[ServerView]:
-    pool = fleet.available()
-    if not pool:
-        raise LookupError("no available server")
-    return pool
 
 
 @dataclass
@@ -30,7 +24,8 @@ class RandomPolicy:
         self._rng = random.Random(self.seed)
 
     def place(self, req: PendingRequest, fleet: FleetView, now: float) -> Placement | None:
-        return Placement(self._rng.choice(_pool(fleet)))
+        pool = fleet.available()
+        return Placement(self._rng.choice(pool)) if pool else None
 
 
 @dataclass
@@ -41,7 +36,9 @@ class RoundRobinPolicy:
     _next: int = 0
 
     def place(self, req: PendingRequest, fleet: FleetView, now: float) -> Placement | None:
-        pool = _pool(fleet)
+        pool = fleet.available()
+        if not pool:
+            return None
         server = pool[self._next % len(pool)]
         self._next += 1
         return Placement(server)
@@ -54,7 +51,8 @@ class LeastOutstandingPolicy:
     tiered: bool = False
 
     def place(self, req: PendingRequest, fleet: FleetView, now: float) -> Placement | None:
-        return Placement(min(_pool(fleet), key=lambda s: (s.n_requests, s.index)))
+        pool = fleet.available()
+        return Placement(min(pool, key=lambda s: (s.n_requests, s.index))) if pool else None
 
 
 def predicted_step_ms(server: ServerView, extra_prompt: int = 0) -> float:
@@ -71,6 +69,9 @@ class MinimalPolicy:
     tiered: bool = False
 
     def place(self, req: PendingRequest, fleet: FleetView, now: float) -> Placement | None:
+        pool = fleet.available()
+        if not pool:
+            return None
         return Placement(
-            min(_pool(fleet), key=lambda s: (predicted_step_ms(s, req.prompt_tokens), s.index))
+            min(pool, key=lambda s: (predicted_step_ms(s, req.prompt_tokens), s.index))
         )

@@ -46,9 +46,16 @@ class StaticPartitionPolicy:
         if len(self._tier_of) != len(fleet.servers):
             tiers = partition(len(fleet.servers), self.shares)
             self._tier_of = {s.index: t for s, t in zip(fleet.servers, tiers, strict=True)}
-        pool: list[ServerView] = [
-            s for s in fleet.available() if self._tier_of[s.index] == req.tier
-        ]
+        available = fleet.available()
+        pool: list[ServerView] = [s for s in available if self._partition(s) == req.tier]
         if not pool:
-            pool = fleet.available()
-        return Placement(min(pool, key=lambda s: (s.n_requests, s.index)))
+            pool = available
+        return Placement(min(pool, key=lambda s: (s.n_requests, s.index))) if pool else None
+
+    def _partition(self, server: ServerView) -> int:
+        """A pinned server's own tier (the live system's per-tier deployments); else the split."""
+        return (
+            server.tier
+            if server.pinned and server.tier is not None
+            else self._tier_of[server.index]
+        )

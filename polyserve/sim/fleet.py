@@ -17,7 +17,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -27,12 +26,18 @@ import numpy as np
 from polyserve.engine import Engine, EngineConfig, Request, StepResult
 from polyserve.policy.base import FleetView, PendingRequest, Placement, Policy, ServerView
 from polyserve.policy.checks import ideal_ttft_ms, step_budget_ms
+from polyserve.policy.dispatch import (
+    DEADLINE_MISS_CHOICES,
+    DeadlineMiss,
+    TierQueues,
+    claim,
+    release_if_drained,
+)
 from polyserve.policy.estimator import OutputLengthEstimator
 from polyserve.profile import Profile
 from polyserve.sim.workload import Arrival
 from polyserve.slo import RequestOutcome, Summary, TierSet, check_deadlines, summarize
 
-DeadlineMiss = Literal["reject", "degrade", "wait"]
 ChunkMode = Literal["dynamic", "static", "vllm"]
 
 
@@ -53,7 +58,7 @@ class SimConfig:
             raise ValueError("a fleet needs at least one server")
         if self.chunk_mode not in ("dynamic", "static", "vllm"):
             raise ValueError(f"unknown chunk mode {self.chunk_mode!r}")
-        if self.on_deadline_miss not in ("reject", "degrade", "wait"):
+        if self.on_deadline_miss not in DEADLINE_MISS_CHOICES:
             raise ValueError(f"unknown deadline-miss handling {self.on_deadline_miss!r}")
 
 
@@ -118,7 +123,9 @@ class FleetSim:
             self.servers.append(_Server(view, Engine(prof, self._engine_cfg)))
         self.fleet = FleetView(config.tiers, [s.view for s in self.servers])
         self.estimator = OutputLengthEstimator(len(config.tiers), prior=config.output_prior)
-        self.queues: list[deque[_Live]] = [deque() for _ in config.tiers]
+        self.queues: TierQueues[_Live] = TierQueues(
+            [config.on_deadline_miss] * len(config.tiers), lambda live: live.pending
+        )
         self.outcomes: list[RequestOutcome] = []
         self._events: list[tuple[float, int, int]] = []  # (time, seq, server index)
         self._seq = 0
@@ -216,41 +223,22 @@ class FleetSim:
             ideal_ttft_ms=self._ideal_ttft(a.prompt_tokens),
         )
         live = _Live(a, pending)
-        if self.policy.queues:
-            self.queues[a.tier].append(live)
-            self._dispatch(now, only_tier=a.tier)
-        else:
-            placement = self.policy.place(pending, self.fleet, now)
-            if placement is None:
-                raise RuntimeError(f"policy {self.policy.name} returned no server without a queue")
-            self._admit(live, placement, now)
+        self.queues.push(live)
+        self._dispatch(now, only_tier=a.tier)
+        if not self.policy.queues and self.queues.lengths()[a.tier]:
+            raise RuntimeError(f"policy {self.policy.name} returned no server without a queue")
 
     def _dispatch(self, now: float, only_tier: int | None = None) -> None:
-        tiers = range(len(self.queues)) if only_tier is None else (only_tier,)
-        for t in tiers:
-            q = self.queues[t]
-            while q:
-                live = q[0]
-                req = live.pending
-                if req.hopeless(now) and self.cfg.on_deadline_miss != "wait":
-                    if self.cfg.on_deadline_miss == "reject":
-                        q.popleft()
-                        self._reject(live)
-                        continue
-                    degrade = getattr(self.policy, "degrade", None)
-                    placement = degrade(req, self.fleet, now) if degrade else None
-                else:
-                    placement = self.policy.place(req, self.fleet, now)
-                if placement is None:
-                    break
-                q.popleft()
+        for live, placement in self.queues.drain(self.policy, self.fleet, now, only_tier):
+            if placement is None:
+                self._reject(live)
+            else:
                 self._admit(live, placement, now)
 
     def _drain_queues(self, now: float) -> None:
         """Nothing runs and nothing arrives: whatever still waits can never be placed."""
-        for q in self.queues:
-            while q:
-                self._reject(q.popleft())
+        for live in self.queues.take_all():
+            self._reject(live)
 
     def _outcome(self, a: Arrival, **measured: object) -> RequestOutcome:
         """An outcome carrying the arrival's SLO; ``measured`` holds what happened to it."""
@@ -269,10 +257,8 @@ class FleetSim:
         self.outcomes.append(self._outcome(live.arrival, output_tokens=0, rejected=True))
 
     def _admit(self, live: _Live, placement: Placement, now: float) -> None:
-        srv = self.servers[placement.server.index]
-        view = srv.view
-        if placement.assign_tier is not None:
-            view.tier = placement.assign_tier
+        view = claim(placement)
+        srv = self.servers[view.index]
         if srv.active_since is None:
             srv.active_since = now
         a = live.arrival
@@ -332,8 +318,7 @@ class FleetSim:
             self._record(srv, live, req)
         if res.finished:
             self._refresh_chunk_budget(srv)
-        if view.n_requests == 0 and self.policy.tiered and view.tier is not None:
-            view.tier = None  # drained: back to the idle pool
+        if release_if_drained(view, self.policy):
             self._refresh_chunk_budget(srv)
             if srv.active_since is not None:
                 srv.active_seconds += now - srv.active_since
