@@ -1,0 +1,77 @@
+"""What the router is told about its tiers and backends, by a file, flags or Kubernetes discovery.
+
+A *tier* is one SLO class of one model (an SLOTier in Kubernetes); a *backend* is one engine
+server (a Ready pod of a tier's Deployment, or a URL from the static list). Discovery sources
+produce whole snapshots (``FleetSpec``); the router reconciles its live state to each snapshot,
+keeping the accounting of backends that stay.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from polyserve.policy.dispatch import DeadlineMiss
+
+Ms = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # a DNS-1123 label, like Kubernetes names
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierSpec(_Spec):
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    model: Annotated[str, Field(min_length=1)]
+    tpot_ms: Ms
+    ttft_ms: Ms
+    profile: str = "llama-3.1-8b-h100"  # a shipped profile name or a profile file path
+    on_deadline_miss: DeadlineMiss = "reject"
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("must be lowercase letters, digits and '-' (a DNS-1123 label)")
+        return v
+
+
+class BackendSpec(_Spec):
+    name: Annotated[str, Field(min_length=1)]
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]  # scheme://host:port, no path
+    model: Annotated[str, Field(min_length=1)]
+    #: the tier whose deployment runs it; None: a pool server any tier may claim while it is idle
+    tier: str | None = None
+    #: the engine runs ``--scheduling-policy priority``: the router forwards the tier as priority
+    priority: bool = False
+    #: marked for removal: it gets no new requests and finishes what it has
+    draining: bool = False
+
+
+class FleetSpec(_Spec):
+    tiers: list[TierSpec]
+    backends: list[BackendSpec] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FleetSpec:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        by_name = {t.name: t for t in self.tiers}
+        seen: set[str] = set()
+        for b in self.backends:
+            if b.name in seen:
+                raise ValueError(f"backend name {b.name!r} is used twice")
+            seen.add(b.name)
+            if b.tier is not None:
+                tier = by_name.get(b.tier)
+                if tier is None:
+                    raise ValueError(f"backend {b.name!r} names unknown tier {b.tier!r}")
+                if tier.model != b.model:
+                    raise ValueError(
+                        f"backend {b.name!r} serves {b.model!r} but tier {b.tier!r} serves {tier.model!r}"
+                    )
+        return self
