@@ -1,0 +1,1 @@
+"""Per-tier autoscaling: a pure decision core, signal sources and actuators."""
