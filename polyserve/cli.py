@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polyserve.mockengine.cli import mock_engine
+from polyserve.operator.cli import operator_app
 from polyserve.profile import (
     ProfileError,
     available_profiles,
@@ -20,6 +21,7 @@ from polyserve.profile import (
     load_profile,
     read_step_csv,
 )
+from polyserve.router.cli import router
 from polyserve.slo import PAPER_TIERS, SLOError
 
 app = typer.Typer(
@@ -212,6 +214,8 @@ def simulate(
 
 # Component subcommands register here, one line each (their modules keep their own options).
 app.command("mock-engine")(mock_engine)
+app.add_typer(operator_app, name="operator")
+app.command("router")(router)
 
 
 def main() -> None:

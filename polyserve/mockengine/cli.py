@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
 from polyserve.mockengine import timing
 from polyserve.mockengine.settings import DEFAULT_PROFILE, MockEngineSettings
+from polyserve.options import fail, invalid_options, setup_logging
 
 _FAULTS = "Fault injection (tests)"
 
@@ -80,21 +80,14 @@ def mock_engine(
             refuse_connections=refuse_connections,
         )
     except ValidationError as exc:
-        lines = []
-        for e in exc.errors():
-            name = "--" + "-".join(str(p) for p in e["loc"]).replace("_", "-")
-            lines.append(f"{name}: {e['msg']}" if e["loc"] else str(e["msg"]))
-        _fail("invalid options:\n  " + "\n  ".join(lines))
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        _fail(f"--log-level: unknown level {log_level!r}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        invalid_options(exc)
+    setup_logging(log_level)
     from polyserve.profile import ProfileError
 
     try:
         code = timing.run(_main(settings))
     except (ProfileError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     raise typer.Exit(code)
 
 
@@ -109,8 +102,3 @@ async def _main(settings: MockEngineSettings) -> int:
     if code:
         logging.getLogger("polyserve.mockengine").error("every engine has crashed")
     return code
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(2)

@@ -62,6 +62,10 @@ class ServerView:
     prefill_backlog: int = 0  # prompt tokens of residents without a first token
     tpot_counts: dict[float, int] = field(default_factory=dict)
     index: int = 0  # position in the fleet (stable tie-break)
+    # Load the server carries that this body did not send (other routers, direct clients), from
+    # the engine's own metrics; always 0 in the simulator. Counted as decoding residents.
+    foreign_requests: int = 0
+    foreign_kv_tokens: int = 0
 
     # -------------------------------------------------------------- accounting (sim and router)
 
@@ -104,20 +108,25 @@ class ServerView:
     # -------------------------------------------------------------- derived load
 
     @property
+    def residents(self) -> int:
+        """Requests on the server: this body's and the foreign ones."""
+        return self.n_requests + self.foreign_requests
+
+    @property
     def kv_tokens(self) -> int:
         """KV the residents hold now (prompt + generated)."""
-        return self.prompt_tokens + self.generated_tokens
+        return self.prompt_tokens + self.generated_tokens + self.foreign_kv_tokens
 
     @property
     def projected_kv_tokens(self) -> float:
-        """KV the residents will hold when each reaches its expected output length."""
-        return self.prompt_tokens + max(
-            self.expected_tokens, self.generated_tokens + self.n_requests
-        )
+        """KV the residents will hold when each reaches its expected output length (foreign
+        residents at what they hold now: nothing is known about their outputs)."""
+        own = max(self.expected_tokens, self.generated_tokens + self.n_requests)
+        return self.prompt_tokens + own + self.foreign_kv_tokens
 
     @property
     def n_decode(self) -> int:
-        return self.n_requests - self.n_prefill
+        return self.residents - self.n_prefill
 
     @property
     def tightest_tpot_ms(self) -> float:
@@ -168,4 +177,4 @@ class Policy(Protocol):
 
 def by_load_desc(servers: Sequence[ServerView]) -> list[ServerView]:
     """Most loaded first: projected KV, then residents; the fleet index breaks ties (stable)."""
-    return sorted(servers, key=lambda s: (-s.projected_kv_tokens, -s.n_requests, s.index))
+    return sorted(servers, key=lambda s: (-s.projected_kv_tokens, -s.residents, s.index))

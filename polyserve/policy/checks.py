@@ -61,7 +61,7 @@ def can_take(
     server: ServerView, req: PendingRequest, budget_ms: float, now: float, degrade: bool = False
 ) -> Verdict:
     prof = server.profile
-    n = server.n_requests + 1
+    n = server.residents + 1
     if n > prof.max_num_seqs:
         return Verdict(False, "seqs")
     peak_kv = server.projected_kv_tokens + req.prompt_tokens + req.expected_output

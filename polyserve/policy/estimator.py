@@ -30,9 +30,12 @@ class OutputLengthEstimator:
         w.append(output_tokens)
         self._sum[tier] += output_tokens
 
-    def expected(self, tier: int) -> float:
+    def expected(self, tier: int, max_tokens: int | None = None) -> float:
+        """The tier's mean output, capped by the request's own ``max_tokens`` when it has one."""
         w = self._window[tier]
         if len(w) < self.min_samples:
             # blend the prior with what has been seen so far
-            return (self.prior * (self.min_samples - len(w)) + self._sum[tier]) / self.min_samples
-        return self._sum[tier] / len(w)
+            mean = (self.prior * (self.min_samples - len(w)) + self._sum[tier]) / self.min_samples
+        else:
+            mean = self._sum[tier] / len(w)
+        return mean if max_tokens is None else min(mean, float(max_tokens))

@@ -52,7 +52,7 @@ class LeastOutstandingPolicy:
 
     def place(self, req: PendingRequest, fleet: FleetView, now: float) -> Placement | None:
         pool = fleet.available()
-        return Placement(min(pool, key=lambda s: (s.n_requests, s.index))) if pool else None
+        return Placement(min(pool, key=lambda s: (s.residents, s.index))) if pool else None
 
 
 def predicted_step_ms(server: ServerView, extra_prompt: int = 0) -> float:

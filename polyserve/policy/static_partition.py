@@ -50,7 +50,7 @@ class StaticPartitionPolicy:
         pool: list[ServerView] = [s for s in available if self._partition(s) == req.tier]
         if not pool:
             pool = available
-        return Placement(min(pool, key=lambda s: (s.n_requests, s.index))) if pool else None
+        return Placement(min(pool, key=lambda s: (s.residents, s.index))) if pool else None
 
     def _partition(self, server: ServerView) -> int:
         """A pinned server's own tier (the live system's per-tier deployments); else the split."""

@@ -1,0 +1,158 @@
+"""``polyserve router``: the SLO-aware OpenAI-compatible proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+from pydantic import ValidationError
+
+from polyserve.mockengine import timing
+from polyserve.mockengine.settings import DEFAULT_PROFILE
+from polyserve.options import fail, invalid_options, setup_logging
+from polyserve.policy.dispatch import DEADLINE_MISS_CHOICES
+from polyserve.profile import ProfileError, load_profile
+from polyserve.router.auth import KeyRing, load_keys
+from polyserve.router.settings import ConfigError, RouterSettings, load_fleet
+from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
+from polyserve.slo import PAPER_TIERS
+
+_FLEET = "Tiers and backends"
+
+
+def router(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free port).")] = 8080,
+    fleet: Annotated[
+        Path | None,
+        typer.Option(help="Fleet file (YAML/JSON): tiers and backends.", rich_help_panel=_FLEET),
+    ] = None,
+    tier: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A tier NAME:TPOT_MS:TTFT_MS[:reject|degrade|wait] (repeat; default: the paper's "
+            "t20/t30/t50/t100 at TTFT 500 ms).",
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A backend URL[@TIER] (repeat; without @TIER it joins the idle pool).",
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model of --tier/--backend (default: the profile's).", rich_help_panel=_FLEET
+        ),
+    ] = None,
+    profile: Annotated[
+        str, typer.Option(help="Profile of --tier tiers.", rich_help_panel=_FLEET)
+    ] = DEFAULT_PROFILE,
+    policy: Annotated[str, typer.Option(help="Placement policy.")] = "polyserve",
+    keys: Annotated[Path | None, typer.Option(help="API key file (YAML/JSON).")] = None,
+    auth: Annotated[bool, typer.Option(help="Require API keys (--no-auth for local use).")] = True,
+    admin_token_file: Annotated[
+        Path | None, typer.Option(help="File holding the admin API's bearer token.")
+    ] = None,
+    queue_limit: Annotated[int, typer.Option(help="Requests queued at most (then 429).")] = 4096,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 1024 * 1024,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Route OpenAI requests to engines by SLO tier with the PolyServe policy."""
+    setup_logging(log_level)
+    try:
+        token = admin_token_file.read_text().strip() if admin_token_file else None
+        settings = RouterSettings(
+            host=host,
+            port=port,
+            policy=policy,
+            auth=auth,
+            keys_file=keys,
+            admin_token=token,
+            queue_limit=queue_limit,
+            max_body_bytes=max_body_bytes,
+        )
+    except ValidationError as exc:
+        invalid_options(exc)
+    except OSError as exc:
+        fail(f"--admin-token-file: {exc.strerror or exc}")
+    try:
+        spec = (
+            load_fleet(fleet)
+            if fleet is not None
+            else fleet_from_flags(tier or [], backend or [], model, profile)
+        )
+        ring: KeyRing | None = load_keys(keys) if keys is not None else None
+        if auth and ring is None:
+            fail("auth is on: give --keys FILE, or --no-auth for local use")
+        timing.run(_serve(settings, spec, ring))
+    except (ConfigError, ProfileError, ValueError, OSError) as exc:
+        fail(str(exc))
+
+
+def fleet_from_flags(
+    tiers: list[str], backends: list[str], model: str | None, profile: str
+) -> FleetSpec:
+    model = model or load_profile(profile).model
+    specs: list[TierSpec] = []
+    for raw in tiers:
+        parts = raw.split(":")
+        if len(parts) not in (3, 4):
+            raise ValueError(f"--tier {raw!r}: expected NAME:TPOT_MS:TTFT_MS[:ON_MISS]")
+        miss = parts[3] if len(parts) == 4 else "reject"
+        if miss not in DEADLINE_MISS_CHOICES:
+            raise ValueError(
+                f"--tier {raw!r}: on-miss must be one of {', '.join(DEADLINE_MISS_CHOICES)}"
+            )
+        try:
+            tpot, ttft = float(parts[1]), float(parts[2])
+        except ValueError:
+            raise ValueError(f"--tier {raw!r}: TPOT and TTFT must be numbers of ms") from None
+        specs.append(
+            TierSpec(
+                name=parts[0], model=model, tpot_ms=tpot, ttft_ms=ttft, profile=profile,
+                on_deadline_miss=miss,
+            )
+        )  # fmt: skip
+    if not specs:
+        specs = [
+            TierSpec(
+                name=t.name, model=model, tpot_ms=t.tpot_ms, ttft_ms=t.ttft_ms, profile=profile
+            )
+            for t in PAPER_TIERS
+        ]
+    out: list[BackendSpec] = []
+    for raw in backends:
+        url, _, tier_name = raw.partition("@")
+        url = url.rstrip("/")
+        where = urlsplit(url)
+        if where.scheme not in ("http", "https") or not where.netloc:
+            raise ValueError(f"--backend {raw!r}: expected http://HOST:PORT[@TIER]")
+        out.append(BackendSpec(name=where.netloc, url=url, model=model, tier=tier_name or None))
+    try:
+        return FleetSpec(tiers=specs, backends=out)
+    except ValidationError as e:
+        raise ValueError("; ".join(str(err["msg"]) for err in e.errors())) from None
+
+
+async def _serve(settings: RouterSettings, spec: FleetSpec, keyring: KeyRing | None) -> None:
+    from polyserve.router.server import Router  # aiohttp only when serving
+
+    r = Router(settings, spec, keyring)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await r.start()
+    print(f"polyserve router listening on {r.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await r.close()

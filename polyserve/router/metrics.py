@@ -1,0 +1,137 @@
+"""The router's Prometheus metrics (prefix ``polyserve_router_``).
+
+Events (requests, SLO verdicts, latencies, promotions, retries) are counters and histograms updated
+as they happen. State (queues, backend load, drain candidates) is read from the pools when
+Prometheus scrapes, so a gauge can never go stale or outlive its backend.
+
+=======================================================  ==========================================
+metric                                                   labels / meaning
+=======================================================  ==========================================
+``polyserve_router_requests_total``                      model, tier, outcome (ok, rejected,
+                                                         queue_full, backend_error, client_error,
+                                                         cancelled, unavailable)
+``polyserve_router_slo_measured_total``                  model, tier: requests judged by the SLO
+``polyserve_router_slo_attained_total``                  model, tier: ... that met every deadline
+``polyserve_router_ttft_seconds``                        model, tier: first token at the router
+``polyserve_router_tpot_seconds``                        model, tier: mean time per output token
+``polyserve_router_queue_wait_seconds``                  model, tier: time queued before placement
+``polyserve_router_promotions_total``                    model, tier, host_tier
+``polyserve_router_retries_total``                       model, backend, reason
+``polyserve_router_pending_requests``                    model, tier: queued now
+``polyserve_router_oldest_wait_seconds``                 model, tier: the head's wait
+``polyserve_router_backend_requests``                    model, backend, tier: this router's residents
+``polyserve_router_backend_foreign_requests``            model, backend, tier: residents from elsewhere
+``polyserve_router_backend_kv_tokens``                   model, backend, tier: KV held (accounted)
+``polyserve_router_backend_up``                          model, backend, tier: 1 healthy, 0 not
+``polyserve_router_backend_draining``                    model, backend, tier
+``polyserve_router_drain_candidate_idle_seconds``        model, tier, backend: none of the tier's
+                                                         requests for this long
+=======================================================  ==========================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from polyserve.router.pool import ModelPool
+
+PREFIX = "polyserve_router_"
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TPOT_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.5)
+OUTCOMES = (
+    "ok",
+    "rejected",
+    "queue_full",
+    "backend_error",
+    "client_error",
+    "cancelled",
+    "unavailable",
+)
+
+
+class _StateCollector(Collector):
+    def __init__(self, pools: Callable[[], Iterable[ModelPool]], clock: Callable[[], float]):
+        self._pools = pools
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+
+        def family(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+
+        pending = family("pending_requests", "Requests queued in the router.", ["model", "tier"])
+        oldest = family(
+            "oldest_wait_seconds", "Wait of the oldest queued request.", ["model", "tier"]
+        )
+        blabels = ["model", "backend", "tier"]
+        residents = family("backend_requests", "Requests this router has on the backend.", blabels)
+        foreign = family(
+            "backend_foreign_requests", "Requests on the backend from elsewhere.", blabels
+        )
+        kv = family("backend_kv_tokens", "KV tokens the backend holds (accounted).", blabels)
+        up = family("backend_up", "1 if the backend is healthy.", blabels)
+        draining = family("backend_draining", "1 if the backend takes no new requests.", blabels)
+        idle = family(
+            "drain_candidate_idle_seconds",
+            "Seconds a tier's backend has held none of the tier's requests.",
+            ["model", "tier", "backend"],
+        )
+        for pool in self._pools():
+            for i, spec in enumerate(pool.tier_specs):
+                pending.add_metric([pool.model, spec.name], pool.queues.lengths()[i])
+                oldest.add_metric([pool.model, spec.name], pool.oldest_wait_s(i, now))
+            for b in pool.backends.values():
+                lab = [pool.model, b.name, b.spec.tier or ""]
+                residents.add_metric(lab, b.view.n_requests)
+                foreign.add_metric(lab, b.view.foreign_requests)
+                kv.add_metric(lab, b.view.kv_tokens)
+                up.add_metric(lab, 1.0 if b.view.healthy else 0.0)
+                draining.add_metric(lab, 1.0 if b.view.draining else 0.0)
+            for tier, cands in pool.drain_candidates(now).items():
+                for c in cands:
+                    idle.add_metric([pool.model, tier, c.backend], c.idle_seconds)
+        yield from (pending, oldest, residents, foreign, kv, up, draining, idle)
+
+
+class RouterMetrics:
+    def __init__(
+        self, pools: Callable[[], Iterable[ModelPool]], clock: Callable[[], float]
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        tier = ["model", "tier"]
+        self.requests = Counter(
+            PREFIX + "requests", "Requests by final outcome.", [*tier, "outcome"], registry=r
+        )
+        self.slo_measured = Counter(
+            PREFIX + "slo_measured", "Requests judged by their SLO.", tier, registry=r
+        )
+        self.slo_attained = Counter(
+            PREFIX + "slo_attained", "Requests that met every deadline.", tier, registry=r
+        )
+        self.ttft = Histogram(
+            PREFIX + "ttft_seconds", "Time to first token at the router.", tier,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tpot = Histogram(
+            PREFIX + "tpot_seconds", "Mean time per output token after the first.", tier,
+            buckets=TPOT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            PREFIX + "queue_wait_seconds", "Time queued in the router before placement.", tier,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.promotions = Counter(
+            PREFIX + "promotions", "Requests placed on a tighter tier's backend.",
+            [*tier, "host_tier"], registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            PREFIX + "retries", "Attempts retried on another backend.",
+            ["model", "backend", "reason"], registry=r,
+        )  # fmt: skip
+        r.register(_StateCollector(pools, clock))

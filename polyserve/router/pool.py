@@ -1,0 +1,301 @@
+"""The router's live state for one model: tiers, backends, queues, accounting (pure, no I/O).
+
+The router keeps one :class:`ModelPool` per model. Everything here is synchronous and takes ``now``
+as an argument (monotonic seconds), so the same policy and dispatch code as the simulator decides
+(``polyserve.policy``), and the I/O layer (``router.server``) only carries out the decisions.
+
+A :class:`Ticket` is one client request. Its life: ``queued`` (in its tier's FIFO) -> ``placed``
+(on a backend, accounted in the backend's ``ServerView``) -> ``done``; or ``rejected`` (its TTFT
+can no longer be met and its tier rejects late requests); or ``cancelled`` (the client left while it
+was queued). A failed attempt before the first byte returns it to the front of its queue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from polyserve.policy import OutputLengthEstimator, make_policy
+from polyserve.policy.base import FleetView, PendingRequest, Placement, Policy, ServerView
+from polyserve.policy.checks import ideal_ttft_ms
+from polyserve.policy.dispatch import TierQueues, claim, release_if_drained
+from polyserve.profile import Profile, load_profile
+from polyserve.router.spec import BackendSpec, TierSpec
+from polyserve.slo import Tier, TierSet
+
+TicketState = Literal["new", "queued", "placed", "done", "rejected", "cancelled"]
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    rid: str
+    model: str
+    tier: TierSpec
+    pending: PendingRequest
+    max_tokens: int | None = None
+    state: TicketState = "new"
+    placement: Placement | None = None
+    backend: str | None = None
+    attempts: int = 0
+    got_first: bool = False
+    generated: int = 0
+    queued_at: float = 0.0  # when it (last) entered a queue
+    reason: str = ""  # why it was rejected: deadline, tier_removed, model_removed, shutdown
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    spec: BackendSpec
+    view: ServerView
+    removed: bool = False  # gone from discovery: leaves once its requests finish
+    own_tier_requests: int = 0  # residents of the backend's own tier (promotions excluded)
+    idle_since: float | None = None  # since when it has held none of its tier's requests
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class DrainCandidate:
+    backend: str
+    idle_seconds: float
+
+
+@dataclass
+class ModelPool:
+    model: str
+    tier_specs: list[TierSpec]
+    policy_name: str = "polyserve"
+    output_prior: float = 256.0
+    backends: dict[str, Backend] = field(default_factory=dict)
+    _next_index: int = 0
+
+    def __post_init__(self) -> None:
+        self._build_tiers(self.tier_specs, queued=[])
+
+    # ---------------------------------------------------------------- configuration
+
+    def _build_tiers(self, specs: list[TierSpec], queued: list[Ticket]) -> list[Ticket]:
+        """(Re)build tier-indexed state; returns the queued tickets whose tier disappeared."""
+        self.tiers = TierSet(Tier(t.name, t.tpot_ms, t.ttft_ms) for t in specs)
+        self.tier_specs = [next(s for s in specs if s.name == t.name) for t in self.tiers]
+        self.profiles: list[Profile] = [load_profile(s.profile) for s in self.tier_specs]
+        self.policy: Policy = make_policy(self.policy_name, shares=[1.0] * len(self.tiers))
+        self.estimator = OutputLengthEstimator(len(self.tiers), prior=self.output_prior)
+        self.queues: TierQueues[Ticket] = TierQueues(
+            [s.on_deadline_miss for s in self.tier_specs], lambda t: t.pending
+        )
+        self.fleet = FleetView(self.tiers, [b.view for b in self.backends.values()])
+        orphans: list[Ticket] = []
+        names = {s.name: i for i, s in enumerate(self.tier_specs)}
+        self._tier_pos = names
+        for ticket in queued:
+            index = names.get(ticket.tier.name)
+            if index is None:
+                orphans.append(ticket)
+                continue
+            ticket.tier = self.tier_specs[index]
+            ticket.pending.tier = index
+            self.queues.push(ticket)
+        for b in self.backends.values():
+            b.view.tier = names.get(b.spec.tier) if b.spec.tier is not None else None
+        return orphans
+
+    def set_tiers(self, specs: list[TierSpec]) -> list[Ticket]:
+        """Apply a new tier list; returns queued tickets whose tier is gone (to be answered)."""
+        if specs == self.tier_specs:
+            return []
+        return self._build_tiers(specs, self.queues.take_all())
+
+    def tier_index(self, name: str) -> int:
+        return self.tiers.index(name)
+
+    def set_backends(self, specs: Iterable[BackendSpec], now: float) -> None:
+        """Reconcile to a discovery snapshot: add, update, and retire (after their requests)."""
+        wanted = {s.name: s for s in specs}
+        for name, gone in list(self.backends.items()):
+            if name not in wanted:
+                gone.removed = True
+                gone.view.draining = True
+                self._forget_if_done(gone)
+        for name, spec in wanted.items():
+            b = self.backends.get(name)
+            if b is None:
+                self._add(spec, now)
+            else:
+                self._update(b, spec)
+        self.fleet.servers = [b.view for b in self.backends.values()]
+
+    def _add(self, spec: BackendSpec, now: float) -> None:
+        tier = self.tiers.index(spec.tier) if spec.tier is not None else None
+        profile = self.profiles[tier if tier is not None else len(self.tiers) - 1]
+        view = ServerView(
+            name=spec.name,
+            profile=profile,
+            max_batched_tokens=profile.max_num_batched_tokens,
+            tier=tier,
+            pinned=tier is not None,
+            draining=spec.draining,
+            index=self._next_index,
+        )
+        self._next_index += 1
+        self.backends[spec.name] = Backend(spec, view, idle_since=now)
+
+    @staticmethod
+    def _update(b: Backend, spec: BackendSpec) -> None:
+        b.removed = False
+        b.view.draining = spec.draining
+        b.spec = spec
+
+    def _forget_if_done(self, b: Backend) -> None:
+        if b.removed and b.view.n_requests == 0:
+            del self.backends[b.name]
+            self.fleet.servers = [x.view for x in self.backends.values()]
+
+    def set_health(self, name: str, healthy: bool) -> bool:
+        """Returns True when the backend became available (queues may now move)."""
+        b = self.backends.get(name)
+        if b is None or b.view.healthy == healthy:
+            return False
+        b.view.healthy = healthy
+        return healthy
+
+    # ---------------------------------------------------------------- requests
+
+    def new_ticket(
+        self,
+        rid: str,
+        tier: TierSpec,
+        ttft_ms: float,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        now: float,
+    ) -> Ticket:
+        index = self.tiers.index(tier.name)
+        pending = PendingRequest(
+            rid=rid,
+            tier=index,
+            prompt_tokens=prompt_tokens,
+            ttft_ms=ttft_ms,
+            tpot_ms=tier.tpot_ms,
+            arrival=now,
+            expected_output=self.estimator.expected(index, max_tokens),
+            ideal_ttft_ms=self._ideal_ttft(index, prompt_tokens),
+        )
+        return Ticket(rid, self.model, tier, pending, max_tokens, queued_at=now)
+
+    def _ideal_ttft(self, tier: int, prompt_tokens: int) -> float:
+        prof = self.profiles[tier]
+        template = ServerView("ideal", prof, prof.max_num_batched_tokens)
+        return ideal_ttft_ms(template, prompt_tokens)
+
+    def enqueue(self, ticket: Ticket, now: float, front: bool = False) -> None:
+        ticket.state = "queued"
+        ticket.queued_at = now
+        if front:
+            self.queues.queues[ticket.pending.tier].appendleft(ticket)
+        else:
+            self.queues.push(ticket)
+
+    def cancel(self, ticket: Ticket) -> bool:
+        """The client left while queued. False if the ticket was no longer queued."""
+        if ticket.state != "queued" or not self.queues.remove(ticket):
+            return False
+        ticket.state = "cancelled"
+        return True
+
+    def dispatch(self, now: float, only_tier: int | None = None) -> list[Ticket]:
+        """Place what can be placed; returns the tickets it settled (placed or rejected)."""
+        settled: list[Ticket] = []
+        for ticket, placement in self.queues.drain(self.policy, self.fleet, now, only_tier):
+            if placement is None:
+                ticket.state = "rejected"
+                ticket.reason = "deadline"
+            else:
+                self._admit(ticket, placement, now)
+            settled.append(ticket)
+        return settled
+
+    def _admit(self, ticket: Ticket, placement: Placement, now: float) -> None:
+        view = claim(placement)
+        b = self.backends[view.name]
+        ticket.state = "placed"
+        ticket.placement = placement
+        ticket.backend = view.name
+        ticket.attempts += 1
+        ticket.got_first = False
+        ticket.generated = 0
+        p = ticket.pending
+        view.on_admit(p.prompt_tokens, p.expected_output, p.tpot_ms)
+        if b.spec.tier == ticket.tier.name:
+            b.own_tier_requests += 1
+            b.idle_since = None
+
+    def on_first_token(self, ticket: Ticket) -> None:
+        b = self.backends.get(ticket.backend or "")
+        if b is None or ticket.got_first or ticket.state != "placed":
+            return
+        ticket.got_first = True
+        b.view.on_first_token(ticket.pending.prompt_tokens)
+
+    def on_tokens(self, ticket: Ticket, n: int) -> None:
+        b = self.backends.get(ticket.backend or "")
+        if b is not None and n > 0:
+            ticket.generated += n
+            b.view.on_tokens(n)
+
+    def release(self, ticket: Ticket, now: float, completed: bool) -> None:
+        """Take a placed ticket off its backend (finished, failed, or its client left).
+
+        ``completed``: the output ran to its end, so its length teaches the tier's estimate.
+        """
+        b = self.backends.get(ticket.backend or "")
+        if ticket.state != "placed" or b is None:
+            return
+        p = ticket.pending
+        b.view.on_finish(
+            p.prompt_tokens, ticket.generated, p.expected_output, p.tpot_ms, ticket.got_first
+        )
+        if b.spec.tier == ticket.tier.name and b.own_tier_requests > 0:
+            b.own_tier_requests -= 1
+        if b.own_tier_requests == 0 and b.idle_since is None:
+            b.idle_since = now
+        tier = self._tier_pos.get(ticket.tier.name)  # by name: the tier list may have changed
+        if completed and tier is not None:
+            self.estimator.observe(tier, ticket.generated)
+        ticket.state = "done"
+        release_if_drained(b.view, self.policy)
+        self._forget_if_done(b)
+
+    def take_queued(self) -> list[Ticket]:
+        return self.queues.take_all()
+
+    # ---------------------------------------------------------------- signals
+
+    def drain_candidates(self, now: float) -> dict[str, list[DrainCandidate]]:
+        """Per tier: its pinned backends holding none of its requests, longest idle first."""
+        out: dict[str, list[DrainCandidate]] = {t.name: [] for t in self.tier_specs}
+        for b in self.backends.values():
+            if b.spec.tier is None or b.removed or b.own_tier_requests:
+                continue
+            since = b.idle_since if b.idle_since is not None else now
+            out.setdefault(b.spec.tier, []).append(DrainCandidate(b.name, max(0.0, now - since)))
+        for cands in out.values():
+            cands.sort(key=lambda c: -c.idle_seconds)
+        return out
+
+    def oldest_wait_s(self, tier: int, now: float) -> float:
+        arrival = self.queues.oldest_arrival(tier)
+        return 0.0 if arrival is None else max(0.0, now - arrival)
+
+    def next_deadline(self, now: float) -> float:
+        """When the earliest queued head becomes hopeless (the router re-dispatches then)."""
+        soonest = math.inf
+        for q in self.queues.queues:
+            if q:
+                p = q[0].pending
+                soonest = min(soonest, p.arrival + (p.ttft_ms - p.ideal_ttft_ms) / 1000.0)
+        return soonest

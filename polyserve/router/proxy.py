@@ -1,0 +1,200 @@
+"""One attempt to serve a placed request on its backend: forward, pass the answer through, count.
+
+``forward`` returns either the client's response (streamed or whole) with its outcome, or a
+``retry_reason`` when the backend failed before the client saw a byte (connection refused or
+reset, a 5xx, a timeout, an empty stream): the router then tries another backend. Once bytes
+have reached the client, a backend failure ends the stream with an OpenAI-shaped error event
+(``data: {"error": ...}``) and ``[DONE]``: the client always learns how its request ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiohttp
+from aiohttp import web
+
+from polyserve.mockengine import protocol as proto
+from polyserve.router.pool import ModelPool, Ticket
+from polyserve.router.stream import StreamTally
+from polyserve.slo import check_deadlines
+
+if TYPE_CHECKING:
+    from polyserve.router.server import Router
+
+_BACKEND_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+
+
+@dataclass
+class Attempt:
+    router: Router
+    pool: ModelPool
+    ticket: Ticket
+    request: web.Request
+    payload: dict[str, Any]
+    stream: bool
+    kind: Literal["chat", "completion"]
+
+
+@dataclass
+class Result:
+    response: web.StreamResponse | None = None
+    outcome: str = "ok"
+    retry_reason: str | None = None
+
+
+def _error_event(message: str) -> bytes:
+    return proto.sse_event(proto.error_payload(message, 502)) + proto.SSE_DONE
+
+
+async def forward(a: Attempt) -> Result:
+    router, pool, ticket = a.router, a.pool, a.ticket
+    backend = pool.backends[ticket.backend or ""]
+    body = dict(a.payload)
+    if backend.spec.priority:
+        body["priority"] = ticket.pending.tier  # vLLM: lower runs first; tier 0 is the tightest
+    settings = router.settings
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+    )
+    session = router._session
+    assert session is not None
+    headers = {"Content-Type": "application/json", proto.REQUEST_ID_HEADER: ticket.rid}
+    try:
+        resp = await session.post(
+            backend.spec.url + a.request.path,
+            data=proto.dumps(body),
+            headers=headers,
+            timeout=timeout,
+        )
+    except _BACKEND_FAILURES as e:
+        return Result(retry_reason=f"connect: {type(e).__name__}")
+    timer = _virtual_first_token(a) if not a.stream else None
+    completed = False
+    try:
+        if resp.status >= 500:
+            return Result(retry_reason=f"status {resp.status}")
+        if resp.status != 200:
+            data = await resp.read()
+            completed = True
+            response = web.Response(
+                body=data, status=resp.status, content_type=resp.content_type or "application/json"
+            )
+            return Result(response, "client_error")
+        result = await (_stream(a, resp) if a.stream else _whole(a, resp))
+        completed = result.outcome == "ok"
+        return result
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if completed:
+            resp.release()
+        else:
+            resp.close()  # abort: the engine stops generating for a client that is gone
+
+
+def _virtual_first_token(a: Attempt) -> asyncio.TimerHandle:
+    """A whole (non-streamed) answer shows no first token: assume it at the predicted time, so
+    the backend's prefill backlog does not look stuck until the answer arrives."""
+    placement = a.ticket.placement
+    predicted = placement.ttft_pred_ms if placement is not None else math.nan
+    delay = (predicted if math.isfinite(predicted) else a.ticket.pending.ideal_ttft_ms) / 1000.0
+    ticket, pool = a.ticket, a.pool
+    return asyncio.get_running_loop().call_later(delay, pool.on_first_token, ticket)
+
+
+async def _whole(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
+    try:
+        data = await resp.read()
+    except _BACKEND_FAILURES as e:
+        return Result(retry_reason=f"read: {type(e).__name__}")
+    tokens = 0
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        tokens = int(json.loads(data)["usage"]["completion_tokens"])
+    now = a.router.now()
+    a.pool.on_first_token(a.ticket)
+    a.pool.on_tokens(a.ticket, tokens)
+    p = a.ticket.pending
+    # only the whole answer's time is known: judged by the deadline of its last token
+    deadline = p.arrival + (p.ttft_ms + max(0, tokens - 1) * p.tpot_ms) / 1000.0
+    _judge(a, attained=tokens > 0 and now <= deadline)
+    response = web.Response(body=data, status=200, content_type="application/json")
+    return Result(response, "ok")
+
+
+async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
+    router, pool, ticket = a.router, a.pool, a.ticket
+    chunks = resp.content.iter_any()
+    try:
+        chunk = await chunks.__anext__()
+    except StopAsyncIteration:
+        return Result(retry_reason="empty stream")
+    except _BACKEND_FAILURES as e:
+        return Result(retry_reason=f"read: {type(e).__name__}")
+    out = web.StreamResponse(
+        headers={
+            "Content-Type": resp.headers.get("Content-Type", proto.SSE_CONTENT_TYPE),
+            "Cache-Control": "no-cache",
+            proto.REQUEST_ID_HEADER: ticket.rid,
+        }
+    )
+    await out.prepare(a.request)
+    tally = StreamTally()
+    times: list[float] = []
+    outcome = "ok"
+    while True:
+        n = tally.feed(chunk)
+        if n:
+            now = router.now()
+            pool.on_first_token(ticket)
+            pool.on_tokens(ticket, n)
+            times.extend([now] * n)
+        try:
+            await out.write(chunk)
+        except _CLIENT_GONE:
+            return Result(out, "cancelled")
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            break
+        except _BACKEND_FAILURES as e:
+            outcome = "backend_error"
+            reason = f"the backend failed mid-stream ({type(e).__name__})"
+            with contextlib.suppress(*_CLIENT_GONE):
+                await out.write(_error_event(reason))
+            break
+    if outcome == "ok" and (tally.error is not None or not tally.done):
+        outcome = "backend_error"
+        if not tally.done:
+            with contextlib.suppress(*_CLIENT_GONE):
+                await out.write(_error_event("the backend closed the stream before it ended"))
+    with contextlib.suppress(*_CLIENT_GONE):
+        await out.write_eof()
+    if outcome == "ok":
+        _judge_stream(a, times)
+    return Result(out, outcome)
+
+
+def _judge_stream(a: Attempt, times: list[float]) -> None:
+    p = a.ticket.pending
+    labels = (a.pool.model, a.ticket.tier.name)
+    m = a.router.metrics
+    if times:
+        m.ttft.labels(*labels).observe(times[0] - p.arrival)
+        if len(times) > 1:
+            m.tpot.labels(*labels).observe((times[-1] - times[0]) / (len(times) - 1))
+    verdict = check_deadlines(p.arrival, times, p.ttft_ms, p.tpot_ms)
+    _judge(a, attained=bool(times) and verdict.attained)
+
+
+def _judge(a: Attempt, attained: bool) -> None:
+    labels = (a.pool.model, a.ticket.tier.name)
+    a.router.metrics.slo_measured.labels(*labels).inc()
+    if attained:
+        a.router.metrics.slo_attained.labels(*labels).inc()

@@ -1,0 +1,82 @@
+"""Every option of the router, typed and validated in one settings object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from polyserve.policy import POLICY_NAMES
+from polyserve.router.spec import FleetSpec
+
+M = TypeVar("M", bound=BaseModel)
+Seconds = Annotated[float, Field(gt=0.0, le=3600.0, allow_inf_nan=False)]
+
+
+class RouterSettings(BaseModel):
+    """Options of ``polyserve router``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    policy: str = "polyserve"
+    #: refuse requests without a valid API key (off: every request may use every tier)
+    auth: bool = True
+    keys_file: Path | None = None
+    #: bearer token for the fleet-changing admin API; None: the admin API is off
+    admin_token: Annotated[str, Field(min_length=16)] | None = None
+    #: requests queued in the router, all tiers together; beyond it new requests get 429
+    queue_limit: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    #: largest request body accepted (413 beyond)
+    max_body_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
+    #: tries per request over different backends when one fails before its first byte
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    #: Retry-After of a 429
+    retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 1
+    connect_timeout_s: Seconds = 3.0
+    #: longest silence from a backend (before the first byte, or between two stream chunks)
+    read_timeout_s: Seconds = 300.0
+    health_interval_s: Seconds = 2.0
+    health_timeout_s: Seconds = 2.0
+    scrape_interval_s: Seconds = 1.0
+    #: a backend's metrics older than this no longer correct the accounting
+    scrape_stale_s: Seconds = 10.0
+    #: mean output length assumed per tier until requests have been seen
+    output_prior: Annotated[float, Field(gt=0, le=1_000_000)] = 256.0
+    log_prompts: bool = False
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        if v not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {v!r}; choose from {', '.join(POLICY_NAMES)}")
+        return v
+
+
+class ConfigError(ValueError):
+    """A router configuration file that cannot be used; the message names the file and field."""
+
+
+def read_model_file(path: Path, model: type[M], what: str) -> M:
+    """A YAML or JSON file validated as ``model``; errors name the file and each field."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: the {what} is not valid YAML/JSON: {e}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def load_fleet(path: Path) -> FleetSpec:
+    """A fleet file: ``tiers:`` and optional static ``backends:``."""
+    return read_model_file(path, FleetSpec, "fleet file")
