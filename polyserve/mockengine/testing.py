@@ -6,15 +6,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import socket
-import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-from polyserve.mockengine import timing
+from polyserve.loopthread import LoopThread
 from polyserve.mockengine.server import EngineServer, MockFleet
 from polyserve.mockengine.settings import MockEngineSettings
 from polyserve.profile import Profile
@@ -57,11 +54,9 @@ class MockEngineThread:
         self.settings = settings
         self.profile = profile
         self.start_timeout = start_timeout
-        self.loop = timing.new_event_loop()
+        self._loop = LoopThread("mock-engine")
+        self.loop = self._loop.loop
         self.fleet: MockFleet | None = None
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="mock-engine", daemon=True
-        )
 
     def __enter__(self) -> MockEngineThread:
         self.start()
@@ -76,7 +71,7 @@ class MockEngineThread:
         self.stop()
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
         async def _start() -> MockFleet:
             fleet = MockFleet(self.settings, self.profile)
@@ -84,25 +79,16 @@ class MockEngineThread:
             return fleet
 
         try:
-            self.fleet = asyncio.run_coroutine_threadsafe(_start(), self.loop).result(
-                self.start_timeout
-            )
+            self.fleet = self._loop.run(_start(), self.start_timeout)
         except BaseException:
-            self._shutdown_loop()
+            self._loop.stop()
             raise
 
     def stop(self) -> None:
         if self.fleet is not None:
             fleet, self.fleet = self.fleet, None
-            asyncio.run_coroutine_threadsafe(fleet.close(), self.loop).result(10.0)
-        self._shutdown_loop()
-
-    def _shutdown_loop(self) -> None:
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10.0)
-        if not self.loop.is_running():
-            self.loop.close()
+            self._loop.run(fleet.close())
+        self._loop.stop()
 
     @property
     def servers(self) -> list[EngineServer]:
@@ -116,13 +102,4 @@ class MockEngineThread:
 
     def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
         """Run ``fn`` on the fleet's loop (to read or poke engine state safely)."""
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as err:  # handed to the caller
-                fut.set_exception(err)
-
-        self.loop.call_soon_threadsafe(run)
-        return fut.result(timeout)
+        return self._loop.call(fn, timeout)

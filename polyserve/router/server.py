@@ -50,6 +50,16 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     )
 
 
+#: Why a ticket was never placed -> (status, message, outcome).
+UNPLACED: dict[str, tuple[int, str, str]] = {
+    "deadline": (429, "The request's first-token deadline can no longer be met.", "rejected"),
+    "no_backend": (503, "No backend is available for the request's tier.", "unavailable"),
+    "tier_removed": (503, "The request's tier was removed.", "unavailable"),
+    "model_removed": (503, "The model is no longer served.", "unavailable"),
+    "shutdown": (503, "The router is shutting down.", "unavailable"),
+}
+
+
 class Refused(Exception):
     """A request answered with an error before any backend produced output."""
 
@@ -509,17 +519,10 @@ class Router:
                 host = pool.backends[ticket.backend or ""].spec.tier or ""
                 self.metrics.promotions.labels(pool.model, tier, host).inc()
             return
-        reasons = {
-            "deadline": (
-                429,
-                "The request's first-token deadline can no longer be met.",
-                "rejected",
-            ),
-            "tier_removed": (503, "The request's tier was removed.", "unavailable"),
-            "model_removed": (503, "The model is no longer served.", "unavailable"),
-            "shutdown": (503, "The router is shutting down.", "unavailable"),
-        }
-        status, msg, outcome = reasons.get(ticket.reason or "deadline", reasons["deadline"])
+        reason = ticket.reason or "deadline"
+        if reason == "deadline" and not pool.fleet.available():
+            reason = "no_backend"
+        status, msg, outcome = UNPLACED[reason]
         raise Refused(status, msg, outcome, retry=status == 429)
 
     def _finish(self, pool: ModelPool, ticket: Ticket, outcome: str) -> None:

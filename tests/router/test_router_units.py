@@ -1,0 +1,276 @@
+"""The router's pure parts: keys and tier resolution, engine metrics, stream counting, the pool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from polyserve.router.auth import (
+    ANONYMOUS,
+    Entitlement,
+    KeyEntry,
+    KeyRing,
+    TierChoiceError,
+    load_keys,
+    resolve_tier,
+)
+from polyserve.router.engine_metrics import EngineLoad, foreign_load, parse_engine_load
+from polyserve.router.pool import ModelPool
+from polyserve.router.settings import ConfigError
+from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
+from polyserve.router.stream import StreamTally
+
+M = "m"
+TIERS = [
+    TierSpec(name="t20", model=M, tpot_ms=20, ttft_ms=300),
+    TierSpec(name="t50", model=M, tpot_ms=50, ttft_ms=1000),
+    TierSpec(name="t100", model=M, tpot_ms=100, ttft_ms=1000),
+]
+
+
+def ring() -> KeyRing:
+    return KeyRing(
+        [
+            KeyEntry(name="voice", key="voice-key-123", tiers=["t20", "t50"], default="t20"),
+            KeyEntry(
+                name="batch", sha256=hashlib.sha256(b"batch-key-456").hexdigest(), tiers=["t100"]
+            ),
+            KeyEntry(name="ops", key="ops-key-7890"),
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------- keys
+
+
+def test_keys_authenticate_by_digest_and_refuse_the_rest() -> None:
+    r = ring()
+    assert r.authenticate("Bearer voice-key-123").name == "voice"
+    assert r.authenticate("bearer batch-key-456").name == "batch"
+    for header, words in [
+        (None, "Missing"),
+        ("Basic abc", "Malformed"),
+        ("Bearer ", "Malformed"),
+        ("Bearer voice-key-12", "Invalid"),
+    ]:
+        with pytest.raises(TierChoiceError) as e:
+            r.authenticate(header)
+        assert e.value.status == 401 and words in e.value.message
+
+
+def test_key_file_errors_name_the_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "keys.yaml"
+    bad.write_text("keys:\n  - name: a\n    tiers: [t20]\n")
+    with pytest.raises(
+        ConfigError, match=r"keys\.yaml: keys\.0: .*exactly one of `key` or `sha256`"
+    ):
+        load_keys(bad)
+    bad.write_text("keys:\n  - name: a\n    key: abcdefgh\n    default: t50\n    tiers: [t20]\n")
+    with pytest.raises(ConfigError, match="default tier 't50' is not in its tiers"):
+        load_keys(bad)
+    good = tmp_path / "ok.json"
+    good.write_text(json.dumps({"keys": [{"name": "a", "key": "abcdefgh"}]}))
+    assert load_keys(good).names() == ["a"]
+
+
+# ------------------------------------------------------------------------------- tiers
+
+
+def choose(ent: Entitlement, **headers: str) -> tuple[str, float]:
+    c = resolve_tier(ent, M, TIERS, {k.replace("_", "-"): v for k, v in headers.items()})
+    return c.tier.name, c.ttft_ms
+
+
+def test_tier_by_name_default_and_loosest() -> None:
+    voice = ring().lookup("voice-key-123")
+    assert voice is not None
+    assert choose(voice) == ("t20", 300)  # its default
+    assert choose(voice, x_polyserve_tier="t50") == ("t50", 1000)
+    assert choose(ANONYMOUS) == ("t100", 1000)  # no default: the loosest (cheapest) tier
+
+
+def test_a_key_cannot_reach_a_tier_it_does_not_hold() -> None:
+    batch = ring().lookup("batch-key-456")
+    assert batch is not None
+    with pytest.raises(TierChoiceError) as e:
+        choose(batch, x_polyserve_tier="t20")
+    assert e.value.status == 403
+    with pytest.raises(TierChoiceError) as e:  # spoofing the llm-d header does not help either
+        choose(batch, x_llm_d_slo_tpot_ms="25")
+    assert e.value.status == 403
+    with pytest.raises(TierChoiceError) as e:
+        choose(batch, x_polyserve_tier="gold")
+    assert e.value.status == 400 and "you may use: t100" in e.value.message
+
+
+def test_llm_d_headers_bin_to_the_next_tighter_tier() -> None:
+    assert choose(ANONYMOUS, x_llm_d_slo_tpot_ms="60") == ("t50", 1000)
+    assert choose(ANONYMOUS, x_llm_d_slo_tpot_ms="20") == ("t20", 300)
+    # a TTFT header both selects (tiers with TTFT <= it) and tightens the request's own deadline
+    assert choose(ANONYMOUS, x_llm_d_slo_tpot_ms="200", x_llm_d_slo_ttft_ms="500") == ("t20", 300)
+    assert choose(ANONYMOUS, x_llm_d_slo_ttft_ms="1000", x_polyserve_tier="t50") == ("t50", 1000)
+    assert choose(ANONYMOUS, x_llm_d_slo_ttft_ms="800", x_polyserve_tier="t50") == ("t50", 800)
+    for bad in ("0", "-5", "nan", "inf", "fast"):
+        with pytest.raises(TierChoiceError) as e:
+            choose(ANONYMOUS, x_llm_d_slo_tpot_ms=bad)
+        assert e.value.status == 400
+    with pytest.raises(TierChoiceError) as e:
+        choose(ANONYMOUS, x_llm_d_slo_tpot_ms="10")
+    assert e.value.status == 400 and "No tier" in e.value.message
+
+
+# ------------------------------------------------------------------------------- engine metrics
+
+PAGE = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_running{engine="1",model_name="m"} 2.0
+vllm:num_requests_waiting{engine="0",model_name="m"} 1.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:num_requests_waiting_by_reason{reason="x"} 99
+vllm:num_requests_running{engine="2"} garbage
+"""
+
+
+def test_engine_load_sums_label_sets_and_skips_garbage() -> None:
+    load = parse_engine_load(PAGE)
+    assert load == EngineLoad(running=5.0, waiting=1.0, kv_usage=0.25, bad_lines=1)
+    assert parse_engine_load("not a metrics page\n") is None
+
+
+def test_foreign_load_only_adds() -> None:
+    load = EngineLoad(running=5, waiting=1, kv_usage=0.5)
+    assert foreign_load(load, own_requests=4, own_kv_tokens=10_000, kv_capacity_tokens=100_000) == (
+        2,
+        40_000,
+    )
+    assert foreign_load(load, own_requests=9, own_kv_tokens=0, kv_capacity_tokens=100_000) == (0, 0)
+    assert foreign_load(load, own_requests=4, own_kv_tokens=90_000, kv_capacity_tokens=100_000) == (
+        2,
+        0,
+    )
+
+
+# ------------------------------------------------------------------------------- streams
+
+
+def sse(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_stream_tally_counts_output_events_across_split_reads() -> None:
+    role = sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    tok = sse({"choices": [{"index": 0, "delta": {"content": " hi"}}]})
+    last = sse({"choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}]})
+    usage = sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+    data = role + tok + last + usage + b"data: [DONE]\n\n"
+    t = StreamTally()
+    counts = [t.feed(data[i : i + 7]) for i in range(0, len(data), 7)]
+    assert sum(counts) == 2 and t.tokens == 2
+    assert t.done and t.finish_reason == "stop" and t.output_tokens == 2 and t.error is None
+
+
+def test_stream_tally_reads_error_events_and_completion_text() -> None:
+    t = StreamTally()
+    t.feed(sse({"choices": [{"index": 0, "text": "a"}]}) + sse({"error": {"message": "boom"}}))
+    assert t.tokens == 1 and t.error == "boom" and not t.done
+
+
+# ------------------------------------------------------------------------------- pool
+
+
+def backends(*tiers: str | None) -> list[BackendSpec]:
+    return [
+        BackendSpec(name=f"b{i}", url=f"http://127.0.0.1:{9000 + i}", model=M, tier=t)
+        for i, t in enumerate(tiers)
+    ]
+
+
+def test_pool_places_on_own_tier_then_promotes_and_accounts_to_zero() -> None:
+    pool = ModelPool(M, TIERS, "polyserve")
+    pool.set_backends(backends("t20", "t100"), now=0.0)
+    tickets = [pool.new_ticket(f"r{i}", TIERS[2], 1000, 100, 64, 0.0) for i in range(3)]
+    for t in tickets:
+        pool.enqueue(t, 0.0)
+    settled = pool.dispatch(0.0)
+    assert [t.state for t in settled] == ["placed"] * 3
+    assert {t.backend for t in tickets} == {"b1"}  # the most loaded feasible own-tier server
+    mid = pool.new_ticket("r-mid", TIERS[1], 1000, 100, 64, 0.0)  # no t50 server: promoted to t20
+    pool.enqueue(mid, 0.0)
+    pool.dispatch(0.0)
+    assert mid.backend == "b0" and mid.placement is not None and mid.placement.promoted
+    for t in [*tickets, mid]:
+        pool.on_first_token(t)
+        pool.on_tokens(t, 10)
+        pool.release(t, 1.0, completed=True)
+    for b in pool.backends.values():
+        v = b.view
+        assert (v.n_requests, v.n_prefill, v.kv_tokens, v.prefill_backlog) == (0, 0, 0, 0)
+        assert v.tpot_counts == {} and abs(v.expected_tokens) < 1e-9
+
+
+def test_pool_hopeless_requests_are_rejected_per_tier_setting() -> None:
+    tiers = [TIERS[0].model_copy(update={"ttft_ms": 1.0})]  # no prefill fits 1 ms
+    pool = ModelPool(M, tiers, "polyserve")
+    pool.set_backends(backends("t20"), now=0.0)
+    t = pool.new_ticket("r", tiers[0], 1.0, 4000, 16, 0.0)
+    pool.enqueue(t, 0.0)
+    assert pool.dispatch(0.0) == [t] and t.state == "rejected" and t.reason == "deadline"
+    degrade = [tiers[0].model_copy(update={"on_deadline_miss": "degrade"})]
+    pool2 = ModelPool(M, degrade, "polyserve")
+    pool2.set_backends(backends("t20"), now=0.0)
+    t2 = pool2.new_ticket("r", degrade[0], 1.0, 4000, 16, 0.0)
+    pool2.enqueue(t2, 0.0)
+    pool2.dispatch(0.0)
+    assert t2.state == "placed" and t2.placement is not None and t2.placement.degraded
+
+
+def test_pool_retires_a_removed_backend_after_its_last_request() -> None:
+    pool = ModelPool(M, TIERS, "polyserve")
+    pool.set_backends(backends("t100", "t100"), now=0.0)
+    t = pool.new_ticket("r", TIERS[2], 1000, 10, 8, 0.0)
+    pool.enqueue(t, 0.0)
+    pool.dispatch(0.0)
+    busy = t.backend
+    pool.set_backends([b for b in backends("t100", "t100") if b.name != busy], now=1.0)
+    assert busy in pool.backends and pool.backends[busy or ""].view.draining
+    nxt = pool.new_ticket("r2", TIERS[2], 1000, 10, 8, 1.0)
+    pool.enqueue(nxt, 1.0)
+    pool.dispatch(1.0)
+    assert nxt.backend != busy  # draining: no new requests
+    pool.release(t, 2.0, completed=True)
+    assert busy not in pool.backends
+
+
+def test_pool_tier_changes_remap_queued_requests_and_return_orphans() -> None:
+    pool = ModelPool(M, TIERS, "polyserve")  # no backends: everything waits
+    waiting = [pool.new_ticket(f"r{i}", TIERS[i], 1000, 10, 8, 0.0) for i in range(3)]
+    for t in waiting:
+        pool.enqueue(t, 0.0)
+    pool.dispatch(0.0)
+    orphans = pool.set_tiers([TIERS[0], TIERS[2]])
+    assert orphans == [waiting[1]]
+    assert pool.queues.lengths() == [1, 1] and waiting[2].pending.tier == 1
+
+
+def test_drain_candidates_are_pinned_backends_without_their_tier() -> None:
+    pool = ModelPool(M, TIERS, "polyserve")
+    pool.set_backends(backends("t20", "t20", None), now=0.0)
+    t = pool.new_ticket("r", TIERS[0], 300, 10, 8, 0.0)
+    pool.enqueue(t, 0.0)
+    pool.dispatch(0.0)
+    cands = pool.drain_candidates(now=5.0)
+    assert [c.backend for c in cands["t20"]] == [n for n in ("b0", "b1") if n != t.backend]
+    assert cands["t20"][0].idle_seconds == 5.0
+
+
+def test_fleet_spec_rejects_inconsistent_snapshots() -> None:
+    with pytest.raises(ValueError, match="unknown tier"):
+        FleetSpec(tiers=TIERS, backends=backends("t30"))
+    with pytest.raises(ValueError, match="used twice"):
+        FleetSpec(tiers=TIERS, backends=[*backends("t20"), *backends("t20")])
+    with pytest.raises(ValueError, match="DNS-1123"):
+        TierSpec(name="Gold Tier", model=M, tpot_ms=20, ttft_ms=300)
