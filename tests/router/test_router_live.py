@@ -127,7 +127,7 @@ def test_streaming_and_whole_answers_pass_through_and_accounting_returns_to_zero
     assert (
         len(text) == 9 and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 9
     )
-    assert residents(r) == 0
+    wait_until(lambda: residents(r) == 0, what="every request released")
     seen = outcomes(r.url)
     assert seen[("t100", "ok")] == 1 and seen[("t20", "ok")] == 1
     m = scrape(r.url)
@@ -161,7 +161,7 @@ def test_many_concurrent_streams_all_answered(
     for t in threads:
         t.join(30)
     assert sorted(results) == sorted(5 + i % 7 for i in range(24))
-    assert residents(r) == 0
+    wait_until(lambda: residents(r) == 0, what="every request released")
     assert outcomes(r.url)[("t100", "ok")] == 24
 
 
@@ -227,7 +227,7 @@ def test_bad_requests_get_openai_errors_not_500s(
         err = json.loads(data)["error"]
         assert (status, err["code"]) == (want, want), (body, data)
         assert "Traceback" not in err["message"]
-    assert residents(r) == 0
+    wait_until(lambda: residents(r) == 0, what="every request released")
     status, _, doc = raw(r.url, "GET", "/openapi.json")
     paths = json.loads(doc)["paths"]
     assert status == 200 and {"/v1/completions", "/v1/chat/completions", "/v1/models"} <= set(paths)
@@ -290,7 +290,7 @@ def test_a_backend_failing_before_its_first_byte_is_retried_on_another(
     state = json.loads(raw(r.url, "GET", "/polyserve/v1/state")[2])
     health = {b["name"]: b["healthy"] for b in state["backends"]}
     assert health == {"doomed": False, "e0": True}
-    assert residents(r) == 0
+    wait_until(lambda: residents(r) == 0, what="every request released")
 
 
 def test_no_live_backend_ends_in_a_clear_503(start_router: Callable[..., RouterThread]) -> None:
@@ -299,7 +299,7 @@ def test_no_live_backend_ends_in_a_clear_503(start_router: Callable[..., RouterT
     status, _, data = raw(r.url, "POST", "/v1/completions", {"model": MODEL, "prompt": "x"})
     err = json.loads(data)["error"]
     assert (status, err["code"]) == (503, 503) and "no backend" in err["message"].lower()
-    assert residents(r) == 0
+    wait_until(lambda: residents(r) == 0, what="every request released")
 
 
 def test_a_backend_dying_mid_stream_ends_the_stream_with_an_error_event(
@@ -323,7 +323,7 @@ def test_a_backend_dying_mid_stream_ends_the_stream_with_an_error_event(
     assert len(errors) == 1 and errors[0]["error"]["code"] == 502
     assert events[-1] == "[DONE]"
     assert outcomes(r.url)[("t100", "backend_error")] == 1
-    assert residents(r) == 0
+    wait_until(lambda: residents(r) == 0, what="every request released")
 
 
 def test_unhealthy_backends_leave_and_come_back(start_router: Callable[..., RouterThread]) -> None:
