@@ -197,15 +197,21 @@ class Profile(BaseModel):
                 hi = mid - 1
         return lo
 
-    def prefill_ms(self, prompt_tokens: int, chunk: int) -> float:
-        """Time to prefill a prompt alone in chunks of ``chunk`` tokens (no decodes alongside)."""
+    def prefill_ms(
+        self, prompt_tokens: int, chunk: int, n_decode: int = 0, decode_ctx: float = 0.0
+    ) -> float:
+        """Time to prefill ``prompt_tokens`` in chunks of ``chunk`` tokens, each step also running
+        ``n_decode`` decodes over ``decode_ctx`` tokens of context (0: the prompt alone).
+
+        Closed form (the step time is linear in attention pairs): ``full`` whole chunks, chunk k
+        attending to ``chunk * (k + 1) * chunk`` pairs, then the remainder.
+        """
         chunk = max(1, min(chunk, self.max_num_batched_tokens))
-        total = 0.0
-        done = 0
-        while done < prompt_tokens:
-            c = min(chunk, prompt_tokens - done)
-            total += self.step_ms(0, 0.0, c, c * (done + c))
-            done += c
+        full, rest = divmod(max(0, prompt_tokens), chunk)
+        total = full * self.step_ms(n_decode, decode_ctx, chunk, 0.0)
+        total += self.iteration.prefill_attn_per_pair_ms * chunk * chunk * full * (full + 1) / 2
+        if rest:
+            total += self.step_ms(n_decode, decode_ctx, rest, rest * (full * chunk + rest))
         return total
 
 

@@ -96,7 +96,10 @@ def test_with_one_tier_polyserve_places_as_pack_load(specs, req) -> None:  # typ
     b = make_policy("pack-load").place(r, fleet, waited)
     assert (a is None) == (b is None)
     if a is not None and b is not None:
-        assert a.server is b.server
+        # the same load; among equally loaded servers PolyServe prefers one already in the tier
+        # over an idle one (pack-load has no idle pool), so ties may break differently
+        load = [(p.server.projected_kv_tokens, p.server.residents) for p in (a, b)]
+        assert load[0] == load[1]
 
 
 def test_most_loaded_feasible_server_wins() -> None:

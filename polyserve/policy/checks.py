@@ -75,10 +75,8 @@ def can_take(
     if chunk <= 0:
         return Verdict(False, "chunk")
     backlog = server.prefill_backlog + req.prompt_tokens
-    steps = -(-backlog // chunk)
     n_dec = server.n_decode
-    step = prof.step_ms(n_dec, server.kv_tokens, chunk, chunk * chunk)
-    ttft = server.busy_ms(now) + steps * step
+    ttft = server.busy_ms(now) + prof.prefill_ms(backlog, chunk, n_dec, server.kv_tokens)
     waited = req.wait_ms(now)
     if waited + ttft > req.ttft_ms:
         return Verdict(False, "ttft", ttft)
