@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import NoReturn
+import time
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -25,8 +27,36 @@ def invalid_options(exc: ValidationError) -> NoReturn:
     fail("invalid options:\n  " + "\n  ".join(lines))
 
 
-def setup_logging(log_level: str) -> None:
+class FieldsFormatter(logging.Formatter):
+    """Log records with structured ``extra={"fields": {...}}``: appended as ``key=value`` in text,
+    or merged into one JSON object per line with ``as_json``."""
+
+    def __init__(self, as_json: bool = False) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", None) or {}
+        if self.as_json:
+            out: dict[str, Any] = {
+                "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "msg": record.getMessage(),
+                **fields,
+            }
+            if record.exc_info:
+                out["exc"] = self.formatException(record.exc_info)
+            return json.dumps(out, default=str)
+        text = super().format(record)
+        return text + "".join(f" {k}={v}" for k, v in fields.items())
+
+
+def setup_logging(log_level: str, as_json: bool = False) -> None:
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level: unknown level {log_level!r}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(FieldsFormatter(as_json))
+    logging.basicConfig(level=level, handlers=[handler])

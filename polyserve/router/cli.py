@@ -64,9 +64,13 @@ def router(
     queue_limit: Annotated[int, typer.Option(help="Requests queued at most (then 429).")] = 4096,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+    log_json: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
+    log_prompts: Annotated[
+        bool, typer.Option(help="Include prompt text in request logs (off: prompts are user data).")
+    ] = False,
 ) -> None:
     """Route OpenAI requests to engines by SLO tier with the PolyServe policy."""
-    setup_logging(log_level)
+    setup_logging(log_level, log_json)
     try:
         token = admin_token_file.read_text().strip() if admin_token_file else None
         settings = RouterSettings(
@@ -78,6 +82,7 @@ def router(
             admin_token=token,
             queue_limit=queue_limit,
             max_body_bytes=max_body_bytes,
+            log_prompts=log_prompts,
         )
     except ValidationError as exc:
         invalid_options(exc)

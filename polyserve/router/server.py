@@ -76,6 +76,14 @@ class Refused(Exception):
         )
 
 
+def _prompt_text(parsed: BaseModel) -> str:
+    """The prompt as text, for ``log_prompts`` only (off by default: prompts are user data)."""
+    if isinstance(parsed, proto.ChatCompletionRequest):
+        return "\n".join(f"{role}: {text}" for role, text in parsed.message_texts())
+    prompt = getattr(parsed, "prompt", "")
+    return prompt if isinstance(prompt, str) else json.dumps(prompt)
+
+
 class Router:
     def __init__(
         self,
@@ -441,6 +449,8 @@ class Router:
         rid = request.headers.get(proto.REQUEST_ID_HEADER) or proto.random_request_id()
         now = self.now()
         ticket = pool.new_ticket(rid, choice.tier, choice.ttft_ms, prompt_tokens, max_tokens, now)
+        if self.settings.log_prompts:
+            ticket.prompt = _prompt_text(parsed)
         payload = self._backend_body(body)
         stream = bool(parsed.stream)
         outcome = "client_error"
@@ -533,13 +543,19 @@ class Router:
             pool.release(ticket, now, completed=outcome == "ok")
         self.metrics.requests.labels(pool.model, ticket.tier.name, outcome).inc()
         self._kick(pool)
-        log.info(
-            "request %s model=%s tier=%s backend=%s attempts=%d outcome=%s tokens=%d",
-            ticket.rid,
-            pool.model,
-            ticket.tier.name,
-            ticket.backend,
-            ticket.attempts,
-            outcome,
-            ticket.generated,
-        )
+        fields: dict[str, Any] = {
+            "rid": ticket.rid,
+            "model": pool.model,
+            "tier": ticket.tier.name,
+            "backend": ticket.backend,
+            "attempts": ticket.attempts,
+            "outcome": outcome,
+            "prompt_tokens": ticket.pending.prompt_tokens,
+            "output_tokens": ticket.generated,
+            "ms": round((now - ticket.pending.arrival) * 1000.0, 1),
+        }
+        if ticket.placement is not None and ticket.placement.promoted:
+            fields["promoted"] = True
+        if self.settings.log_prompts and ticket.prompt is not None:
+            fields["prompt"] = ticket.prompt[:2000]
+        log.info("request", extra={"fields": fields})

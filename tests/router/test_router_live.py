@@ -349,3 +349,33 @@ def test_priority_is_forwarded_only_to_priority_backends(
             body = {"model": MODEL, "prompt": "p", "max_tokens": 2, "priority": 5}  # stripped
             status, _, data = raw(r.url, "POST", "/v1/completions", body)
             assert status == 200, data
+
+
+def test_request_logs_are_structured_and_carry_prompts_only_when_asked(
+    engines: MockEngineThread,
+    start_router: Callable[..., RouterThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fleet = FleetSpec(tiers=TIERS, backends=[backend("e0", engines.urls[0])])
+    secret = "my secret prompt"
+    for log_prompts in (False, True):
+        caplog.clear()
+        r = start_router(fleet, log_prompts=log_prompts)
+        with caplog.at_level("INFO", logger="polyserve.router"):
+            status, _, _ = raw(
+                r.url,
+                "POST",
+                "/v1/completions",
+                {"model": MODEL, "prompt": secret, "max_tokens": 2},
+            )
+            assert status == 200
+            wait_until(
+                lambda: any(rec.msg == "request" for rec in caplog.records), what="the request log"
+            )
+        rec = next(rec for rec in caplog.records if rec.msg == "request")
+        fields = rec.fields  # type: ignore[attr-defined]
+        assert (
+            fields["outcome"] == "ok" and fields["output_tokens"] == 2 and fields["tier"] == "t100"
+        )
+        assert ("prompt" in fields) == log_prompts
+        assert all(secret not in r2.getMessage() for r2 in caplog.records)
