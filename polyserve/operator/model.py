@@ -277,8 +277,8 @@ class SLOTierStatus(_Api):
 class SLOTier(_Api):
     """A whole SLOTier object (metadata kept as the API serves it)."""
 
-    api_version: Literal["polyserve.io/v1alpha1"] = API_VERSION
-    kind: Literal["SLOTier"] = KIND
+    api_version: Literal["polyserve.io/v1alpha1"] = "polyserve.io/v1alpha1"
+    kind: Literal["SLOTier"] = "SLOTier"
     metadata: dict[str, object] = Field(default_factory=dict)
     spec: SLOTierSpec
     status: SLOTierStatus | None = None

@@ -1,0 +1,254 @@
+"""Pure functions from an SLOTier to the objects the operator keeps: its Deployment and Service.
+
+Nothing here talks to the API. Labels and annotations that other components rely on are defined
+here once:
+
+* ``polyserve.io/tier=<SLOTier name>`` and ``app.kubernetes.io/component=engine`` on every engine
+  pod: the Deployment's and Service's selector, and what the router's discovery watches;
+* ``polyserve.io/model=<model, as a label value>`` on the pods (the exact served name is in the
+  pod annotation ``polyserve.io/model``);
+* ``polyserve.io/draining: "true"`` on a pod the operator is draining for a scale-down: the router
+  sends it no new requests and lets it finish what it has;
+* ``controller.kubernetes.io/pod-deletion-cost`` (the lowest int32) on a drained pod, so that the
+  ReplicaSet controller removes exactly that pod when the replica count drops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from polyserve.operator.model import API_VERSION, KIND, EngineSpec, SLOTierSpec
+
+LABEL_TIER = "polyserve.io/tier"
+LABEL_MODEL = "polyserve.io/model"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+COMPONENT_ENGINE = "engine"
+MANAGED_BY = "polyserve-operator"
+
+ANNOTATION_MODEL = "polyserve.io/model"
+ANNOTATION_ENGINE_PORT = "polyserve.io/engine-port"
+ANNOTATION_DRAINING = "polyserve.io/draining"
+ANNOTATION_DRAINING_SINCE = "polyserve.io/draining-since"
+ANNOTATION_APPLIED = "polyserve.io/applied"
+"""Digest of what the operator last applied (unchanged: nothing to write)."""
+ANNOTATION_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+#: the devcluster's node agent: where a pod's process really listens (pod IPs there are fake)
+ANNOTATION_LOCAL_HOST = "polyserve.io/local-host"
+ANNOTATION_LOCAL_PORT = "polyserve.io/local-port"
+#: lowest pod-deletion-cost (int32 minimum): the ReplicaSet controller deletes this pod first
+DRAINED_DELETION_COST = str(-(2**31))
+
+FIELD_MANAGER = "polyserve-operator"
+ENGINE_CONTAINER = "engine"
+PORT_NAME = "http"
+
+
+def model_label(model: str) -> str:
+    """A model name as a label value: at most 63 of [A-Za-z0-9._-], alphanumeric at both ends."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", ".", model)[:63]
+    return value.strip("._-") or "model"
+
+
+def selector_labels(tier: str) -> dict[str, str]:
+    """The labels that select a tier's engine pods (Deployment selector, Service, router)."""
+    return {LABEL_TIER: tier, LABEL_COMPONENT: COMPONENT_ENGINE}
+
+
+def tier_selector(tier: str) -> str:
+    """``selector_labels`` as a label-selector string (SLOTier ``status.selector``, list calls)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(tier).items()))
+
+
+ENGINE_PODS_SELECTOR = f"{LABEL_TIER},{LABEL_COMPONENT}={COMPONENT_ENGINE}"
+"""Every tier's engine pods (the router's discovery watches these)."""
+
+
+def labels(tier: str, spec: SLOTierSpec) -> dict[str, str]:
+    return {
+        **selector_labels(tier),
+        LABEL_MODEL: model_label(spec.model),
+        LABEL_NAME: "polyserve-engine",
+        LABEL_INSTANCE: tier,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: "polyserve",
+    }
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _has_flag(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def engine_args(spec: SLOTierSpec) -> list[str]:
+    """The engine's arguments: the user's, plus ``--port`` and ``--served-model-name`` if absent
+    (the Service, probe and router need the port; the router asks for the tier's model name)."""
+    args = list(spec.engine.args)
+    if not _has_flag(args, "--port"):
+        args += ["--port", str(spec.engine.port)]
+    if not _has_flag(args, "--served-model-name"):
+        args += ["--served-model-name", spec.model]
+    return args
+
+
+def uses_priority_scheduling(args: list[str]) -> bool:
+    """True when engine arguments select vLLM's ``--scheduling-policy priority``."""
+    for i, arg in enumerate(args):
+        if arg == "--scheduling-policy" and i + 1 < len(args) and args[i + 1] == "priority":
+            return True
+        if arg == "--scheduling-policy=priority":
+            return True
+    return False
+
+
+def _container(spec: SLOTierSpec) -> dict[str, Any]:
+    engine: EngineSpec = spec.engine
+    container: dict[str, Any] = {
+        "name": ENGINE_CONTAINER,
+        "image": engine.image,
+        "args": engine_args(spec),
+        "ports": [{"name": PORT_NAME, "containerPort": engine.port, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": PORT_NAME},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+    }
+    if engine.command:
+        container["command"] = list(engine.command)
+    if engine.image_pull_policy:
+        container["imagePullPolicy"] = engine.image_pull_policy
+    if engine.env:
+        container["env"] = [e.model_dump(by_alias=True, exclude_none=True) for e in engine.env]
+    resources = engine.resources.model_dump(by_alias=True, exclude_defaults=True)
+    if resources:
+        container["resources"] = {
+            kind: {k: str(v) for k, v in values.items()} for kind, values in resources.items()
+        }
+    if engine.pre_stop_sleep_seconds:
+        # Keep serving while endpoints and the router's discovery drop the pod; then SIGTERM.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": engine.pre_stop_sleep_seconds}}}
+    return container
+
+
+def pod_template(name: str, spec: SLOTierSpec) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "containers": [_container(spec)],
+        "terminationGracePeriodSeconds": spec.engine.termination_grace_period_seconds,
+        "automountServiceAccountToken": False,  # engines never talk to the API
+        "enableServiceLinks": False,
+    }
+    if spec.engine.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.engine.node_selector)
+    if spec.engine.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in spec.engine.tolerations
+        ]
+    return {
+        "metadata": {
+            "labels": labels(name, spec),
+            "annotations": {
+                ANNOTATION_MODEL: spec.model,
+                ANNOTATION_ENGINE_PORT: str(spec.engine.port),
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def desired_deployment(
+    name: str, namespace: str, uid: str, spec: SLOTierSpec, replicas: int
+) -> dict[str, Any]:
+    """The tier's Deployment with ``replicas`` (the server-side-apply body the operator owns)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels(name, spec),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(name)},
+            # A new engine is Ready before an old one goes: no capacity dip in a rollout.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": pod_template(name, spec),
+        },
+    }
+
+
+def desired_service(name: str, namespace: str, uid: str, spec: SLOTierSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels(name, spec),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name),
+            "ports": [
+                {
+                    "name": PORT_NAME,
+                    "port": spec.engine.port,
+                    "targetPort": PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def digest(obj: Any) -> str:
+    """A stable short hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pod_address(pod: dict[str, Any], default_port: int | None = None) -> tuple[str, int] | None:
+    """Where a pod's engine answers: the devcluster's local annotations when present, else the
+    pod IP and the engine port (``polyserve.io/engine-port``, else ``default_port``)."""
+    meta = pod.get("metadata") or {}
+    ann = meta.get("annotations") or {}
+    local_port = ann.get(ANNOTATION_LOCAL_PORT)
+    if local_port:
+        return ann.get(ANNOTATION_LOCAL_HOST) or "127.0.0.1", int(local_port)
+    ip = (pod.get("status") or {}).get("podIP")
+    port = ann.get(ANNOTATION_ENGINE_PORT) or default_port
+    if not ip or not port:
+        return None
+    return ip, int(port)
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def pod_draining(pod: dict[str, Any]) -> bool:
+    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    return ann.get(ANNOTATION_DRAINING) == "true"
