@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyserve.loadgen.cli import load
 from polyserve.mockengine.cli import mock_engine
 from polyserve.operator.cli import operator_app
 from polyserve.profile import (
@@ -216,6 +217,7 @@ def simulate(
 app.command("mock-engine")(mock_engine)
 app.add_typer(operator_app, name="operator")
 app.command("router")(router)
+app.command("load")(load)
 
 
 def main() -> None:

@@ -49,6 +49,15 @@ class Result:
     retry_reason: str | None = None
 
 
+BACKEND_HEADER = "X-PolyServe-Backend"
+TIER_HEADER = "X-PolyServe-Tier"
+
+
+def _served_by(a: Attempt) -> dict[str, str]:
+    """Response headers naming where the request ran (for clients' reports and debugging)."""
+    return {BACKEND_HEADER: a.ticket.backend or "", TIER_HEADER: a.ticket.tier.name}
+
+
 def _error_event(message: str) -> bytes:
     return proto.sse_event(proto.error_payload(message, 502)) + proto.SSE_DONE
 
@@ -84,7 +93,10 @@ async def forward(a: Attempt) -> Result:
             data = await resp.read()
             completed = True
             response = web.Response(
-                body=data, status=resp.status, content_type=resp.content_type or "application/json"
+                body=data,
+                status=resp.status,
+                content_type=resp.content_type or "application/json",
+                headers=_served_by(a),
             )
             return Result(response, "client_error")
         result = await (_stream(a, resp) if a.stream else _whole(a, resp))
@@ -124,7 +136,9 @@ async def _whole(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
     # only the whole answer's time is known: judged by the deadline of its last token
     deadline = p.arrival + (p.ttft_ms + max(0, tokens - 1) * p.tpot_ms) / 1000.0
     _judge(a, attained=tokens > 0 and now <= deadline)
-    response = web.Response(body=data, status=200, content_type="application/json")
+    response = web.Response(
+        body=data, status=200, content_type="application/json", headers=_served_by(a)
+    )
     return Result(response, "ok")
 
 
@@ -142,6 +156,7 @@ async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
             "Content-Type": resp.headers.get("Content-Type", proto.SSE_CONTENT_TYPE),
             "Cache-Control": "no-cache",
             proto.REQUEST_ID_HEADER: ticket.rid,
+            **_served_by(a),
         }
     )
     await out.prepare(a.request)
