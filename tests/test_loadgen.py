@@ -62,9 +62,7 @@ def test_load_run_answers_every_request_and_writes_the_report(tmp_path: Path) ->
             result = CliRunner().invoke(app, [*args, "--grace", "30", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    rows = {
-        line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| t")
-    }
+    rows = {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| t")}
     assert rows == {"tier", "t20", "t50", "t100"}
     total = next(line for line in report.splitlines() if line.startswith("| all"))
     cells = [c.strip() for c in total.split("|")[1:-1]]
