@@ -55,6 +55,23 @@ def router(
     profile: Annotated[
         str, typer.Option(help="Profile of --tier tiers.", rich_help_panel=_FLEET)
     ] = DEFAULT_PROFILE,
+    kubernetes: Annotated[
+        bool,
+        typer.Option(
+            help="Discover tiers (SLOTiers) and backends (their Ready pods) in --namespace.",
+            rich_help_panel=_FLEET,
+        ),
+    ] = False,
+    namespace: Annotated[
+        str, typer.Option(help="Namespace for --kubernetes.", rich_help_panel=_FLEET)
+    ] = "default",
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            help="Kubeconfig for --kubernetes (default: in-cluster, then ~/.kube/config).",
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
     policy: Annotated[str, typer.Option(help="Placement policy.")] = "polyserve",
     keys: Annotated[Path | None, typer.Option(help="API key file (YAML/JSON).")] = None,
     auth: Annotated[bool, typer.Option(help="Require API keys (--no-auth for local use).")] = True,
@@ -88,16 +105,21 @@ def router(
         invalid_options(exc)
     except OSError as exc:
         fail(f"--admin-token-file: {exc.strerror or exc}")
+    if kubernetes and (fleet is not None or tier or backend):
+        fail("--kubernetes discovers tiers and backends: drop --fleet, --tier and --backend")
     try:
-        spec = (
-            load_fleet(fleet)
-            if fleet is not None
-            else fleet_from_flags(tier or [], backend or [], model, profile)
-        )
+        spec: FleetSpec | None = None
+        if not kubernetes:
+            spec = (
+                load_fleet(fleet)
+                if fleet is not None
+                else fleet_from_flags(tier or [], backend or [], model, profile)
+            )
         ring: KeyRing | None = load_keys(keys) if keys is not None else None
         if auth and ring is None:
             fail("auth is on: give --keys FILE, or --no-auth for local use")
-        timing.run(_serve(settings, spec, ring))
+        kube = (namespace, kubeconfig) if kubernetes else None
+        timing.run(_serve(settings, spec, ring, kube))
     except (ConfigError, ProfileError, ValueError, OSError) as exc:
         fail(str(exc))
 
@@ -147,10 +169,29 @@ def fleet_from_flags(
         raise ValueError("; ".join(str(err["msg"]) for err in e.errors())) from None
 
 
-async def _serve(settings: RouterSettings, spec: FleetSpec, keyring: KeyRing | None) -> None:
-    from polyserve.router.server import Router  # aiohttp only when serving
+async def _serve(
+    settings: RouterSettings,
+    spec: FleetSpec | None,
+    keyring: KeyRing | None,
+    kube: tuple[str, Path | None] | None,
+) -> None:
+    from polyserve.router.server import FleetSource, Router  # aiohttp only when serving
 
-    r = Router(settings, spec, keyring)
+    source: FleetSource | None = None
+    if kube is not None:  # the k8s extra, only when asked for
+        from polyserve.operator.discovery import kubernetes_fleet
+        from polyserve.operator.handlers import api_client
+
+        namespace, kubeconfig = kube
+        source = kubernetes_fleet(namespace, api_client(kubeconfig))
+        try:
+            spec = await asyncio.wait_for(anext(source), 60.0)
+        except TimeoutError:
+            raise OSError(
+                f"no answer from the Kubernetes API listing namespace {namespace!r} in 60 s"
+            ) from None
+    assert spec is not None
+    r = Router(settings, spec, keyring, source=source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
