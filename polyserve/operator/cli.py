@@ -36,3 +36,39 @@ def crd(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     typer.echo(f"wrote {output}")
+
+
+@operator_app.command("run")
+def run(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(help="A namespace to watch (repeat; default: the whole cluster)."),
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(help="Kubeconfig file (default: in-cluster, else ~/.kube/config)."),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between two passes over a tier.", min=0.1)
+    ] = 10.0,
+    liveness: Annotated[
+        str | None,
+        typer.Option(help="Serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+    log_json: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
+) -> None:
+    """Reconcile SLOTiers into engine Deployments and Services (kopf)."""
+    import asyncio
+
+    from polyserve.operator.handlers import OperatorConfig, run_operator
+    from polyserve.options import setup_logging
+
+    setup_logging(log_level, log_json)
+    config = OperatorConfig(
+        interval_s=interval,
+        namespaces=tuple(namespace or ()),
+        kubeconfig=kubeconfig,
+        liveness_endpoint=liveness,
+    )
+    asyncio.run(run_operator(config))  # kopf stops cleanly on SIGTERM/SIGINT
