@@ -186,7 +186,7 @@ def simulate(
     for tier in PAPER_TIERS.tiers:
         table.add_column(f"{tier.name} p99 TTFT/TPOT ms", justify="right")
     for r in results:
-        ratio = r.goodput.rate / best_baseline if best_baseline else float("nan")
+        ratio = f"{r.goodput.rate / best_baseline:.2f}x" if best_baseline else "-"
         cells = []
         for tier in PAPER_TIERS.tiers:
             ts = r.at_goodput.summary.per_tier.get(tier.name) if r.at_goodput else None
@@ -196,7 +196,7 @@ def simulate(
         table.add_row(
             r.name,
             f"{r.goodput.rate:.1f}",
-            f"{ratio:.2f}x",
+            ratio,
             f"{r.goodput.rate / optimum:.1%}",
             *cells,
         )
