@@ -91,3 +91,15 @@ def test_scale_subresource(slotier_crd: str, api: Any, namespace: str) -> None:
             GROUP, VERSION, namespace, PLURAL, "auto", {"spec": {"replicas": 2}}
         )
     assert err.value.status in (400, 404, 422), err.value.body
+
+
+def test_examples_are_accepted(slotier_crd: str, api: Any, namespace: str) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "slotiers.yaml"
+    for doc in yaml.safe_load_all(path.read_text()):
+        _custom(api).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, doc, field_validation="Strict", dry_run="All"
+        )
