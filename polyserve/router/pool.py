@@ -42,6 +42,7 @@ class Ticket:
     got_first: bool = False
     generated: int = 0
     queued_at: float = 0.0  # when it (last) entered a queue
+    delivered: bool = False  # the whole answer reached the client (its end is not a cancellation)
     prompt: str | None = None  # kept only when the router logs prompts
     reason: str = ""  # why it was rejected: deadline, tier_removed, model_removed, shutdown
 

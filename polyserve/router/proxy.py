@@ -136,6 +136,7 @@ async def _whole(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
     # only the whole answer's time is known: judged by the deadline of its last token
     deadline = p.arrival + (p.ttft_ms + max(0, tokens - 1) * p.tpot_ms) / 1000.0
     _judge(a, attained=tokens > 0 and now <= deadline)
+    a.ticket.delivered = True
     response = web.Response(
         body=data, status=200, content_type="application/json", headers=_served_by(a)
     )
@@ -174,6 +175,8 @@ async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
             await out.write(chunk)
         except _CLIENT_GONE:
             return Result(out, "cancelled")
+        if tally.done:  # [DONE] is through: the client may hang up before the backend's EOF
+            break
         try:
             chunk = await chunks.__anext__()
         except StopAsyncIteration:
@@ -189,10 +192,11 @@ async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
         if not tally.done:
             with contextlib.suppress(*_CLIENT_GONE):
                 await out.write(_error_event("the backend closed the stream before it ended"))
-    with contextlib.suppress(*_CLIENT_GONE):
-        await out.write_eof()
     if outcome == "ok":
         _judge_stream(a, times)
+        ticket.delivered = True
+    with contextlib.suppress(*_CLIENT_GONE):
+        await out.write_eof()
     return Result(out, outcome)
 
 

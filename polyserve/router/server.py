@@ -481,8 +481,8 @@ class Router:
         except Refused as r:
             outcome = r.outcome or outcome
             raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
+        except asyncio.CancelledError:  # the client hung up
+            outcome = "ok" if ticket.delivered else "cancelled"
             raise
         finally:
             self._finish(pool, ticket, outcome)

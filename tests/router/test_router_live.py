@@ -379,3 +379,31 @@ def test_request_logs_are_structured_and_carry_prompts_only_when_asked(
         )
         assert ("prompt" in fields) == log_prompts
         assert all(secret not in r2.getMessage() for r2 in caplog.records)
+
+
+def test_admin_api_replaces_the_fleet_only_with_the_admin_token(
+    engines: MockEngineThread, start_router: Callable[..., RouterThread]
+) -> None:
+    empty = FleetSpec(tiers=TIERS)
+    off = start_router(empty)
+    status, _, _ = raw(off.url, "PUT", "/polyserve/v1/fleet", empty.model_dump(mode="json"))
+    assert status == 404  # no admin token configured: the admin API is off
+    token = "t" * 32
+    r = start_router(empty, admin_token=token)
+    fleet = FleetSpec(tiers=TIERS, backends=[backend("e0", engines.urls[0])])
+    body = fleet.model_dump(mode="json")
+    assert raw(r.url, "PUT", "/polyserve/v1/fleet", body)[0] == 401
+    assert (
+        raw(r.url, "PUT", "/polyserve/v1/fleet", body, {"Authorization": "Bearer wrong"})[0] == 401
+    )
+    bad = {"tiers": [{"name": "t20"}]}
+    status, _, data = raw(
+        r.url, "PUT", "/polyserve/v1/fleet", bad, {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 400 and "tpot_ms" in json.loads(data)["error"]["message"]
+    status, _, _ = raw(
+        r.url, "PUT", "/polyserve/v1/fleet", body, {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200
+    out = client(r.url).completions.create(model=MODEL, prompt="now served", max_tokens=2)
+    assert out.usage is not None and out.usage.completion_tokens == 2
