@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from polyserve.autoscale.signals import STATE_PATH, RouterState
 from polyserve.loadgen.plan import Planned, prompt_text
 from polyserve.mockengine.protocol import SSEDecoder
 from polyserve.slo import check_deadlines
@@ -49,7 +50,7 @@ class Sample:
 
     time: float
     pending: dict[str, int]
-    backends: dict[str, int]  # tier -> healthy backends
+    backends: dict[str, int]  # tier -> ready backends
 
 
 @dataclass
@@ -172,21 +173,21 @@ class LoadClient:
 
     async def _sample(self, session: aiohttp.ClientSession, out: list[Sample], t0: float) -> None:
         """Poll the router's state once a second (skipped quietly for endpoints without it)."""
-        url = self.base_url + "/polyserve/v1/state"
+        url = self.base_url + STATE_PATH
         while True:
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
                     if resp.status == 404:
                         return
                     if resp.status == 200:
-                        state = await resp.json()
+                        state = RouterState.model_validate(await resp.json())
                         backends: dict[str, int] = {}
-                        for b in state.get("backends", []):
-                            if b.get("healthy") and not b.get("draining") and b.get("tier"):
-                                backends[b["tier"]] = backends.get(b["tier"], 0) + 1
-                        pending = {t["name"]: int(t["pending"]) for t in state.get("tiers", [])}
+                        for b in state.backends:
+                            if b.ready and not b.draining and b.tier:
+                                backends[b.tier] = backends.get(b.tier, 0) + 1
+                        pending = {t.name: t.pending for t in state.tiers}
                         out.append(Sample(time.monotonic() - t0, pending, backends))
-            except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
+            except (TimeoutError, aiohttp.ClientError, ValueError):  # a bad state: skip it
                 pass
             await asyncio.sleep(1.0)
 

@@ -4,29 +4,32 @@ Events (requests, SLO verdicts, latencies, promotions, retries) are counters and
 as they happen. State (queues, backend load, drain candidates) is read from the pools when
 Prometheus scrapes, so a gauge can never go stale or outlive its backend.
 
-=======================================================  ==========================================
-metric                                                   labels / meaning
-=======================================================  ==========================================
-``polyserve_router_requests_total``                      model, tier, outcome (ok, rejected,
-                                                         queue_full, backend_error, client_error,
-                                                         cancelled, unavailable)
-``polyserve_router_slo_measured_total``                  model, tier: requests judged by the SLO
-``polyserve_router_slo_attained_total``                  model, tier: ... that met every deadline
-``polyserve_router_ttft_seconds``                        model, tier: first token at the router
-``polyserve_router_tpot_seconds``                        model, tier: mean time per output token
-``polyserve_router_queue_wait_seconds``                  model, tier: time queued before placement
-``polyserve_router_promotions_total``                    model, tier, host_tier
-``polyserve_router_retries_total``                       model, backend, reason
-``polyserve_router_pending_requests``                    model, tier: queued now
-``polyserve_router_oldest_wait_seconds``                 model, tier: the head's wait
-``polyserve_router_backend_requests``                    model, backend, tier: this router's residents
-``polyserve_router_backend_foreign_requests``            model, backend, tier: residents from elsewhere
-``polyserve_router_backend_kv_tokens``                   model, backend, tier: KV held (accounted)
-``polyserve_router_backend_up``                          model, backend, tier: 1 healthy, 0 not
-``polyserve_router_backend_draining``                    model, backend, tier
-``polyserve_router_drain_candidate_idle_seconds``        model, tier, backend: none of the tier's
-                                                         requests for this long
-=======================================================  ==========================================
+The names the autoscaler's Prometheus source reads are those of ``polyserve.autoscale.signals``
+(``METRICS``): pending, oldest pending wait, requests, shed, and per backend ready, draining,
+requests and idle seconds.
+
+=============================================  ====================================================
+metric                                         labels / meaning
+=============================================  ====================================================
+``polyserve_router_requests_total``            model, tier, outcome (ok, rejected, queue_full,
+                                               backend_error, client_error, cancelled, unavailable)
+``polyserve_router_shed_total``                model, tier: refused for their deadline (429)
+``polyserve_router_slo_measured_total``        model, tier: requests judged by the SLO
+``polyserve_router_slo_attained_total``        model, tier: ... that met every deadline
+``polyserve_router_ttft_seconds``              model, tier: first token at the router
+``polyserve_router_tpot_seconds``              model, tier: mean time per output token
+``polyserve_router_queue_wait_seconds``        model, tier: time queued before placement
+``polyserve_router_promotions_total``          model, tier, host_tier
+``polyserve_router_retries_total``             model, backend, reason
+``polyserve_router_pending_requests``          model, tier: queued now
+``polyserve_router_oldest_pending_seconds``    model, tier: the head's wait
+``polyserve_router_backend_requests``          model, backend, tier: requests on it (all sources)
+``polyserve_router_backend_foreign_requests``  model, backend, tier: ... not sent by this router
+``polyserve_router_backend_kv_tokens``         model, backend, tier: KV held (accounted)
+``polyserve_router_backend_ready``             model, backend, tier: 1 healthy, 0 not
+``polyserve_router_backend_draining``          model, backend, tier: 1 takes no new requests
+``polyserve_router_backend_idle_seconds``      model, backend, tier: holding no request this long
+=============================================  ====================================================
 """
 
 from __future__ import annotations
@@ -69,32 +72,26 @@ class _StateCollector(Collector):
             "oldest_wait_seconds", "Wait of the oldest queued request.", ["model", "tier"]
         )
         blabels = ["model", "backend", "tier"]
-        residents = family("backend_requests", "Requests this router has on the backend.", blabels)
+        residents = family("backend_requests", "Requests on the backend, all sources.", blabels)
         foreign = family(
             "backend_foreign_requests", "Requests on the backend from elsewhere.", blabels
         )
         kv = family("backend_kv_tokens", "KV tokens the backend holds (accounted).", blabels)
-        up = family("backend_up", "1 if the backend is healthy.", blabels)
+        up = family("backend_ready", "1 if the backend is healthy.", blabels)
         draining = family("backend_draining", "1 if the backend takes no new requests.", blabels)
-        idle = family(
-            "drain_candidate_idle_seconds",
-            "Seconds a tier's backend has held none of the tier's requests.",
-            ["model", "tier", "backend"],
-        )
+        idle = family("backend_idle_seconds", "Seconds the backend has held no request.", blabels)
         for pool in self._pools():
             for i, spec in enumerate(pool.tier_specs):
                 pending.add_metric([pool.model, spec.name], pool.queues.lengths()[i])
                 oldest.add_metric([pool.model, spec.name], pool.oldest_wait_s(i, now))
             for b in pool.backends.values():
                 lab = [pool.model, b.name, b.spec.tier or ""]
-                residents.add_metric(lab, b.view.n_requests)
+                residents.add_metric(lab, b.view.residents)
                 foreign.add_metric(lab, b.view.foreign_requests)
                 kv.add_metric(lab, b.view.kv_tokens)
                 up.add_metric(lab, 1.0 if b.view.healthy else 0.0)
                 draining.add_metric(lab, 1.0 if b.view.draining else 0.0)
-            for tier, cands in pool.drain_candidates(now).items():
-                for c in cands:
-                    idle.add_metric([pool.model, tier, c.backend], c.idle_seconds)
+                idle.add_metric(lab, pool.idle_s(b, now))
         yield from (pending, oldest, residents, foreign, kv, up, draining, idle)
 
 
@@ -107,6 +104,12 @@ class RouterMetrics:
         tier = ["model", "tier"]
         self.requests = Counter(
             PREFIX + "requests", "Requests by final outcome.", [*tier, "outcome"], registry=r
+        )
+        self.shed = Counter(
+            PREFIX + "shed",
+            "Requests refused because their deadline could not be met.",
+            tier,
+            registry=r,
         )
         self.slo_measured = Counter(
             PREFIX + "slo_measured", "Requests judged by their SLO.", tier, registry=r

@@ -52,18 +52,11 @@ class Backend:
     spec: BackendSpec
     view: ServerView
     removed: bool = False  # gone from discovery: leaves once its requests finish
-    own_tier_requests: int = 0  # residents of the backend's own tier (promotions excluded)
-    idle_since: float | None = None  # since when it has held none of its tier's requests
+    idle_since: float | None = None  # since when it has held no request (None: it holds some)
 
     @property
     def name(self) -> str:
         return self.spec.name
-
-
-@dataclass
-class DrainCandidate:
-    backend: str
-    idle_seconds: float
 
 
 @dataclass
@@ -73,6 +66,8 @@ class ModelPool:
     policy_name: str = "polyserve"
     output_prior: float = 256.0
     backends: dict[str, Backend] = field(default_factory=dict)
+    arrivals_total: dict[str, int] = field(default_factory=dict)  # per tier name, since start
+    shed_total: dict[str, int] = field(default_factory=dict)  # refused for their deadline
     _next_index: int = 0
 
     def __post_init__(self) -> None:
@@ -187,6 +182,7 @@ class ModelPool:
             expected_output=self.estimator.expected(index, max_tokens),
             ideal_ttft_ms=self._ideal_ttft(index, prompt_tokens),
         )
+        self.arrivals_total[tier.name] = self.arrivals_total.get(tier.name, 0) + 1
         return Ticket(rid, self.model, tier, pending, max_tokens, queued_at=now)
 
     def _ideal_ttft(self, tier: int, prompt_tokens: int) -> float:
@@ -216,6 +212,8 @@ class ModelPool:
             if placement is None:
                 ticket.state = "rejected"
                 ticket.reason = "deadline"
+                name = ticket.tier.name
+                self.shed_total[name] = self.shed_total.get(name, 0) + 1
             else:
                 self._admit(ticket, placement, now)
             settled.append(ticket)
@@ -232,9 +230,7 @@ class ModelPool:
         ticket.generated = 0
         p = ticket.pending
         view.on_admit(p.prompt_tokens, p.expected_output, p.tpot_ms)
-        if b.spec.tier == ticket.tier.name:
-            b.own_tier_requests += 1
-            b.idle_since = None
+        b.idle_since = None
 
     def on_first_token(self, ticket: Ticket) -> None:
         b = self.backends.get(ticket.backend or "")
@@ -261,9 +257,7 @@ class ModelPool:
         b.view.on_finish(
             p.prompt_tokens, ticket.generated, p.expected_output, p.tpot_ms, ticket.got_first
         )
-        if b.spec.tier == ticket.tier.name and b.own_tier_requests > 0:
-            b.own_tier_requests -= 1
-        if b.own_tier_requests == 0 and b.idle_since is None:
+        if b.view.n_requests == 0:
             b.idle_since = now
         tier = self._tier_pos.get(ticket.tier.name)  # by name: the tier list may have changed
         if completed and tier is not None:
@@ -277,17 +271,10 @@ class ModelPool:
 
     # ---------------------------------------------------------------- signals
 
-    def drain_candidates(self, now: float) -> dict[str, list[DrainCandidate]]:
-        """Per tier: its pinned backends holding none of its requests, longest idle first."""
-        out: dict[str, list[DrainCandidate]] = {t.name: [] for t in self.tier_specs}
-        for b in self.backends.values():
-            if b.spec.tier is None or b.removed or b.own_tier_requests:
-                continue
-            since = b.idle_since if b.idle_since is not None else now
-            out.setdefault(b.spec.tier, []).append(DrainCandidate(b.name, max(0.0, now - since)))
-        for cands in out.values():
-            cands.sort(key=lambda c: -c.idle_seconds)
-        return out
+    @staticmethod
+    def idle_s(b: Backend, now: float) -> float:
+        """Seconds the backend has held no request (0 while it holds one): what drains it."""
+        return 0.0 if b.idle_since is None else max(0.0, now - b.idle_since)
 
     def oldest_wait_s(self, tier: int, now: float) -> float:
         arrival = self.queues.oldest_arrival(tier)

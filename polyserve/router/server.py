@@ -25,6 +25,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
+from polyserve.autoscale.signals import STATE_PATH, RouterState
 from polyserve.mockengine import protocol as proto
 from polyserve.mockengine import tokenizer
 from polyserve.router.auth import ANONYMOUS, Entitlement, KeyRing, TierChoiceError, resolve_tier
@@ -35,7 +36,7 @@ from polyserve.router.pool import ModelPool, Ticket
 from polyserve.router.proxy import Attempt, forward
 from polyserve.router.settings import RouterSettings
 from polyserve.router.spec import FleetSpec, TierSpec
-from polyserve.router.state import RouterState, router_state
+from polyserve.router.state import router_state
 
 log = logging.getLogger("polyserve.router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -186,7 +187,7 @@ class Router:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/openapi.json", self._openapi)
-        app.router.add_get(f"{ADMIN_PREFIX}/state", self._state)
+        app.router.add_get(STATE_PATH, self._state)
         app.router.add_put(f"{ADMIN_PREFIX}/fleet", self._put_fleet)
         return app
 
@@ -530,8 +531,10 @@ class Router:
                 self.metrics.promotions.labels(pool.model, tier, host).inc()
             return
         reason = ticket.reason or "deadline"
-        if reason == "deadline" and not pool.fleet.available():
-            reason = "no_backend"
+        if reason == "deadline":
+            self.metrics.shed.labels(pool.model, ticket.tier.name).inc()
+            if not pool.fleet.available():
+                reason = "no_backend"
         status, msg, outcome = UNPLACED[reason]
         raise Refused(status, msg, outcome, retry=status == 429)
 

@@ -288,7 +288,7 @@ def test_a_backend_failing_before_its_first_byte_is_retried_on_another(
     }
     assert retries == {"doomed": 1.0}
     state = json.loads(raw(r.url, "GET", "/polyserve/v1/state")[2])
-    health = {b["name"]: b["healthy"] for b in state["backends"]}
+    health = {b["name"]: b["ready"] for b in state["backends"]}
     assert health == {"doomed": False, "e0": True}
     wait_until(lambda: residents(r) == 0, what="every request released")
 

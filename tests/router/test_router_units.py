@@ -256,15 +256,17 @@ def test_pool_tier_changes_remap_queued_requests_and_return_orphans() -> None:
     assert pool.queues.lengths() == [1, 1] and waiting[2].pending.tier == 1
 
 
-def test_drain_candidates_are_pinned_backends_without_their_tier() -> None:
+def test_idle_time_and_counters_feed_the_autoscaler() -> None:
     pool = ModelPool(M, TIERS, "polyserve")
-    pool.set_backends(backends("t20", "t20", None), now=0.0)
-    t = pool.new_ticket("r", TIERS[0], 300, 10, 8, 0.0)
-    pool.enqueue(t, 0.0)
-    pool.dispatch(0.0)
-    cands = pool.drain_candidates(now=5.0)
-    assert [c.backend for c in cands["t20"]] == [n for n in ("b0", "b1") if n != t.backend]
-    assert cands["t20"][0].idle_seconds == 5.0
+    pool.set_backends(backends("t20", "t20"), now=0.0)
+    t = pool.new_ticket("r", TIERS[0], 300, 10, 8, 1.0)
+    pool.enqueue(t, 1.0)
+    pool.dispatch(1.0)
+    idle = {b.name: pool.idle_s(b, 5.0) for b in pool.backends.values()}
+    assert idle == {t.backend: 0.0, ({"b0", "b1"} - {t.backend}).pop(): 5.0}
+    pool.release(t, 6.0, completed=True)
+    assert pool.idle_s(pool.backends[t.backend or ""], 9.0) == 3.0
+    assert pool.arrivals_total == {"t20": 1} and pool.shed_total == {}
 
 
 def test_fleet_spec_rejects_inconsistent_snapshots() -> None:
