@@ -10,6 +10,12 @@ Router-side queues: for policies that queue, a FIFO per tier; heads are retried 
 finishes a request or a prefill (the only events that free capacity). A head that can no longer
 meet its TTFT even on an idle server is handled per ``on_deadline_miss``: ``reject`` (shed: a 429
 at the router), ``degrade`` (served anyway where it hurts nobody's TPOT), or ``wait``.
+
+Scaling mode (a :class:`Scaler` given): the fleet starts with ``n_servers`` (0 allowed) and the scaler,
+called every ``interval_s`` of virtual time, starts servers (ready after a start-up delay, pinned to
+a tier or floating) and stops them (a stopping server takes no new requests, finishes what it has,
+then leaves). Instance-seconds then run from each start request to the server's stop; without a
+scaler they count the time a server holds a tier (the idle pool is free: instant scale-up).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -54,8 +60,8 @@ class SimConfig:
     output_prior: float = 256.0
 
     def __post_init__(self) -> None:
-        if self.n_servers < 1:
-            raise ValueError("a fleet needs at least one server")
+        if self.n_servers < 0:
+            raise ValueError("a fleet cannot have a negative number of servers")
         if self.chunk_mode not in ("dynamic", "static", "vllm"):
             raise ValueError(f"unknown chunk mode {self.chunk_mode!r}")
         if self.on_deadline_miss not in DEADLINE_MISS_CHOICES:
@@ -83,6 +89,18 @@ class _Server:
     active_since: float | None = None  # assigned (tiered) or switched on
     active_seconds: float = 0.0
     served: int = 0
+    ready: bool = True
+    stopping: bool = False
+    stopped: bool = False
+    idle_since: float = 0.0  # when its last request left (or it became ready)
+
+
+class Scaler(Protocol):
+    """Drives a scaling fleet: ``tick`` runs at time 0 and then every ``interval_s`` seconds."""
+
+    interval_s: float
+
+    def tick(self, now: float, sim: FleetSim) -> None: ...
 
 
 @dataclass
@@ -99,9 +117,12 @@ class SimResult:
 
 
 class FleetSim:
-    def __init__(self, config: SimConfig, policy: Policy) -> None:
+    def __init__(self, config: SimConfig, policy: Policy, scaler: Scaler | None = None) -> None:
+        if config.n_servers < 1 and scaler is None:
+            raise ValueError("a fleet needs at least one server (or a scaler that starts some)")
         self.cfg = config
         self.policy = policy
+        self.scaler = scaler
         prof = config.profile
         budget = prof.max_num_batched_tokens
         if config.chunk_mode == "static":
@@ -134,6 +155,10 @@ class FleetSim:
         self.promoted = 0
         self.rejected = 0
         self._ideal_cache: dict[int, float] = {}
+        # scaling mode: timed callbacks (a server becoming ready), counters the scaler reads
+        self._timers: list[tuple[float, int, int]] = []  # (time, seq, server index)
+        self.arrivals_by_tier = [0] * len(config.tiers)
+        self.shed_by_tier = [0] * len(config.tiers)
 
     # ---------------------------------------------------------------- chunk budget
 
@@ -161,13 +186,33 @@ class FleetSim:
     ) -> SimResult:
         wall0 = time.perf_counter()
         arrivals = sorted(arrivals, key=lambda a: a.time)
-        if not self.policy.tiered:
+        if not self.policy.tiered or self.scaler is not None:
             for s in self.servers:
                 s.active_since = 0.0
         i, n = 0, len(arrivals)
         now = 0.0
-        while i < n or self._events:
+        next_tick = 0.0 if self.scaler is not None else math.inf
+        while i < n or self._events or self._timers:
             next_arrival = arrivals[i].time if i < n else math.inf
+            first_event = self._events[0][0] if self._events else math.inf
+            if self.scaler is not None and min(
+                next_tick, self._timers[0][0] if self._timers else math.inf
+            ) < min(next_arrival, first_event):
+                if self._timers and self._timers[0][0] <= next_tick:
+                    now, _, idx = heapq.heappop(self._timers)
+                    self._on_ready(self.servers[idx], now)
+                else:
+                    now = next_tick
+                    self.scaler.tick(now, self)
+                    self._dispatch(now)  # sheds heads that can no longer make it
+                    self._start_kicked(now)
+                    if i < n or self._events or self._timers:
+                        next_tick = now + self.scaler.interval_s
+                    else:  # nothing runs, arrives or starts: what waits can never be placed
+                        self._drain_queues(now)
+                        next_tick = math.inf
+                self._start_kicked(now)
+                continue
             if self._events and self._events[0][0] <= next_arrival:
                 now, _, idx = heapq.heappop(self._events)
                 self._on_step_end(self.servers[idx], now)
@@ -179,7 +224,7 @@ class FleetSim:
                     progress(1000)
             if i >= n or arrivals[i].time > now:  # same-instant arrivals join one step
                 self._start_kicked(now)
-            if not self._events and i >= n:
+            if not self._events and i >= n and not self._timers:
                 self._drain_queues(now)
         if progress is not None:
             progress(n % 1000)
@@ -224,6 +269,7 @@ class FleetSim:
         )
         live = _Live(a, pending)
         self.queues.push(live)
+        self.arrivals_by_tier[a.tier] += 1
         self._dispatch(now, only_tier=a.tier)
         if not self.policy.queues and self.queues.lengths()[a.tier]:
             raise RuntimeError(f"policy {self.policy.name} returned no server without a queue")
@@ -254,6 +300,7 @@ class FleetSim:
 
     def _reject(self, live: _Live) -> None:
         self.rejected += 1
+        self.shed_by_tier[live.arrival.tier] += 1
         self.outcomes.append(self._outcome(live.arrival, output_tokens=0, rejected=True))
 
     def _admit(self, live: _Live, placement: Placement, now: float) -> None:
@@ -320,9 +367,13 @@ class FleetSim:
             self._refresh_chunk_budget(srv)
         if release_if_drained(view, self.policy):
             self._refresh_chunk_budget(srv)
-            if srv.active_since is not None:
+            if srv.active_since is not None and self.scaler is None:
                 srv.active_seconds += now - srv.active_since
                 srv.active_since = None
+        if res.finished and view.n_requests == 0:
+            srv.idle_since = now
+            if srv.stopping:
+                self._finish_stop(srv, now)
         self._start_step(srv, now)
         if self.policy.queues and (res.finished or res.first_tokens):
             self._dispatch(now)
@@ -350,3 +401,68 @@ class FleetSim:
                 promoted=live.promoted,
             )
         )
+
+    # ---------------------------------------------------------------- scaling mode (the actuator)
+
+    def start_server(
+        self, now: float, startup_s: float, tier: int | None = None, pinned: bool = True
+    ) -> ServerView:
+        """Ask for a new server; it serves ``startup_s`` later. Counted from now (GPUs held)."""
+        if startup_s < 0:
+            raise ValueError(f"start-up delay must be >= 0, got {startup_s}")
+        idx = len(self.servers)
+        view = ServerView(
+            name=f"s{idx}",
+            profile=self.cfg.profile,
+            max_batched_tokens=self._engine_cfg.max_num_batched_tokens,
+            chunk_budget_ms=0.0,
+            index=idx,
+            tier=tier,
+            pinned=pinned and tier is not None,
+            healthy=False,
+        )
+        srv = _Server(view, Engine(self.cfg.profile, self._engine_cfg), ready=False)
+        srv.active_since = now
+        self.servers.append(srv)
+        self.fleet.servers.append(view)
+        if startup_s == 0:
+            self._on_ready(srv, now)
+        else:
+            self._seq += 1
+            heapq.heappush(self._timers, (now + startup_s, self._seq, idx))
+        return view
+
+    def stop_server(self, index: int, now: float) -> None:
+        """Take a server out: no new requests; it leaves once its residents have finished."""
+        srv = self.servers[index]
+        if srv.stopped or srv.stopping:
+            return
+        srv.stopping = True
+        srv.view.draining = True
+        if not srv.ready or srv.view.n_requests == 0:
+            self._finish_stop(srv, now)
+
+    def _on_ready(self, srv: _Server, now: float) -> None:
+        if srv.stopped or srv.ready:
+            return
+        srv.ready = True
+        srv.idle_since = now
+        srv.view.healthy = True
+        self._refresh_chunk_budget(srv)
+        self._dispatch(now)
+
+    def _finish_stop(self, srv: _Server, now: float) -> None:
+        srv.stopped = True
+        srv.view.healthy = False
+        if srv.active_since is not None:
+            srv.active_seconds += now - srv.active_since
+            srv.active_since = None
+        if srv.view in self.fleet.servers:
+            self.fleet.servers.remove(srv.view)
+
+    def live_servers(self) -> list[tuple[ServerView, bool, float]]:
+        """Servers not stopped: (view, ready, idle since) in start order."""
+        return [(s.view, s.ready, s.idle_since) for s in self.servers if not s.stopped]
+
+    def engine_of(self, view: ServerView) -> Engine:
+        return self.servers[view.index].engine

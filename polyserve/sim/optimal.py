@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polyserve.profile import Profile
+from polyserve.profile import Profile, tier_capacity
 from polyserve.sim.workload import Arrival
 from polyserve.slo import TierSet
 
@@ -52,53 +52,6 @@ class FluidBound:
         ]
         total = sum(need)
         return [x / total for x in need] if total > 0 else [1.0 / len(need)] * len(need)
-
-
-def tier_capacity(
-    profile: Profile, tpot_ms: float, prompts: np.ndarray, outputs: np.ndarray
-) -> float:
-    """Requests/s one server sustains with every step within ``tpot_ms`` (see the module doc)."""
-    return max(
-        _capacity_at(profile, tau_ms, prompts, outputs)
-        for tau_ms in np.linspace(tpot_ms / 20, tpot_ms, 40)
-    )
-
-
-def _capacity_at(
-    profile: Profile, tau_ms: float, prompts: np.ndarray, outputs: np.ndarray
-) -> float:
-    tau = tau_ms / 1000.0
-    e_out = float(outputs.mean())
-    e_prompt = float(prompts.mean())
-    ctx_per_decode = float(((prompts + outputs / 2.0) * outputs).mean()) / e_out
-    e_p2_half = float((prompts.astype(np.float64) ** 2).mean()) / 2.0
-    kv_per_rate = tau * float(((prompts + outputs) * outputs).mean())
-
-    def fits(lam: float) -> bool:
-        n = lam * e_out * tau
-        if n > profile.max_num_seqs or lam * kv_per_rate > profile.kv_cache_tokens:
-            return False
-        p = lam * e_prompt * tau
-        step = profile.step_ms(
-            int(np.ceil(n)) if n > 0 else 0,
-            n * ctx_per_decode,
-            int(np.ceil(p)),
-            lam * tau * e_p2_half,
-        )
-        return step <= tau_ms
-
-    lo, hi = 0.0, 1.0
-    if not fits(1e-6):
-        return 0.0
-    while fits(hi):
-        lo, hi = hi, hi * 2.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def request_cost_ms(profile: Profile, tiers: TierSet, a: Arrival) -> float:
