@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polyserve.loadgen.cli import load
+from polyserve.local.cli import demo, up
 from polyserve.mockengine.cli import mock_engine
 from polyserve.operator.cli import operator_app
 from polyserve.profile import (
@@ -218,6 +219,8 @@ app.command("mock-engine")(mock_engine)
 app.add_typer(operator_app, name="operator")
 app.command("router")(router)
 app.command("load")(load)
+app.command("up")(up)
+app.command("demo")(demo)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from polyserve.mockengine import timing
 from polyserve.options import fail
 from polyserve.sim.workload import WorkloadError
 
-console = Console()
+console = Console(width=max(Console().width, 120))
 
 
 def summary_table(results: list[Result], title: str) -> Table:

@@ -1,0 +1,59 @@
+"""``polyserve demo`` end to end: the local fleet, a short load, the report, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polyserve.local.config import LocalConfig, LocalTier
+from polyserve.router.settings import ConfigError, read_model_file
+
+
+def test_demo_answers_every_request_writes_the_report_and_leaves_no_process(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    cmd = [
+        sys.executable,
+        "-m",
+        "polyserve",
+        "demo",
+        "--duration",
+        "4",
+        "--requests",
+        "40",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "COLUMNS": "160"}
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    engines = re.findall(r"engine (\S+) \((\S+)\) http://127\.0\.0\.1:(\d+) pid (\d+)", done.stdout)
+    assert sorted(t for _, t, _, _ in engines) == ["t100", "t20", "t50"]
+    report = (out / "report.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")
+    }
+    assert {"t20", "t50", "t100", "all"} <= set(rows)
+    cells = [c.strip() for c in rows["all"].split("|")[1:-1]]
+    assert cells[2] == "40" and int(cells[3]) + int(cells[4]) == 40 and cells[5] == "0"
+    for _, _, port, pid in engines:  # every engine process is gone and its port closed
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+        with socket.socket() as s, pytest.raises(OSError):
+            s.connect(("127.0.0.1", int(port)))
+
+
+def test_local_config_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="min <= replicas <= max"):
+        LocalTier(name="t", tpot_ms=20, ttft_ms=500, replicas=5, max=2)
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text("tiers: []\nprofile: x\n")
+    with pytest.raises(ConfigError, match=r"fleet\.yaml: tiers"):
+        read_model_file(bad, LocalConfig, "local fleet file")
