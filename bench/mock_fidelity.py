@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import itertools
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,31 +54,46 @@ class Sample:
 # ------------------------------------------------------------------ the mock process
 
 
-class MockProcess:
-    """``polyserve mock-engine`` in a child process, with its log and CPU time."""
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the bench process dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
-    def __init__(self, replicas: int = 1, profile: str = "llama-3.1-8b-h100", *extra: str) -> None:
-        self.port = free_port_run(replicas)
-        self.replicas = replicas
+
+class ChildProcess:
+    """A server in a child process, ready once every URL answers ``/health``; its log and CPU.
+
+    The child gets SIGTERM if the bench process dies; otherwise call :meth:`stop` (in a
+    ``finally``) to end it.
+    """
+
+    def __init__(self, cmd: list[str], urls: list[str], what: str) -> None:
+        self.urls = urls
         self._output: str | None = None
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
-        cmd = [sys.executable, "-m", "polyserve", "mock-engine", "--port", str(self.port)]
-        cmd += ["--replicas", str(replicas), "--profile", profile, *extra]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        self.urls = [f"http://127.0.0.1:{self.port + i}" for i in range(replicas)]
-        deadline = time.monotonic() + 30
-        for url in self.urls:
-            while True:
-                try:
-                    with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("the mock engine did not start:\n" + self.output)
-                time.sleep(0.05)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        try:
+            deadline = time.monotonic() + 30
+            for url in self.urls:
+                while True:
+                    try:
+                        with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                            if r.status == 200:
+                                break
+                    except OSError:
+                        pass
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        raise RuntimeError(f"the {what} did not start:\n" + self.output)
+                    time.sleep(0.05)
+        except BaseException:  # Ctrl-C while waiting too
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -101,6 +119,18 @@ class MockProcess:
             return self._output
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
+
+
+class MockProcess(ChildProcess):
+    """``polyserve mock-engine`` in a child process, with its log and CPU time."""
+
+    def __init__(self, replicas: int = 1, profile: str = "llama-3.1-8b-h100", *extra: str) -> None:
+        self.port = free_port_run(replicas)
+        self.replicas = replicas
+        cmd = [sys.executable, "-m", "polyserve", "mock-engine", "--port", str(self.port)]
+        cmd += ["--replicas", str(replicas), "--profile", profile, *extra]
+        urls = [f"http://127.0.0.1:{self.port + i}" for i in range(replicas)]
+        super().__init__(cmd, urls, "mock engine")
 
     def lateness(self) -> list[dict[str, float]]:
         """Per-engine step lateness figures from the shutdown log (call after stop)."""
