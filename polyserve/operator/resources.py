@@ -173,6 +173,15 @@ def pod_template(name: str, spec: SLOTierSpec) -> dict[str, Any]:
     }
 
 
+def _owned_metadata(name: str, namespace: str, uid: str, spec: SLOTierSpec) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(name, spec),
+        "ownerReferences": [owner_reference(name, uid)],
+    }
+
+
 def desired_deployment(
     name: str, namespace: str, uid: str, spec: SLOTierSpec, replicas: int
 ) -> dict[str, Any]:
@@ -180,12 +189,7 @@ def desired_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels(name, spec),
-            "ownerReferences": [owner_reference(name, uid)],
-        },
+        "metadata": _owned_metadata(name, namespace, uid, spec),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(name)},
@@ -203,12 +207,7 @@ def desired_service(name: str, namespace: str, uid: str, spec: SLOTierSpec) -> d
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels(name, spec),
-            "ownerReferences": [owner_reference(name, uid)],
-        },
+        "metadata": _owned_metadata(name, namespace, uid, spec),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name),

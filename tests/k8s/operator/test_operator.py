@@ -191,24 +191,10 @@ def test_tier_lifecycle(
         passes.wait("chat", 2)
 
     # Restart: a new operator changes nothing.
-    versions = {
-        "tier": _tier(api, namespace, "chat")["metadata"]["resourceVersion"],
-        "deployment": apps.read_namespaced_deployment("chat", namespace).metadata.resource_version,
-        "service": core.read_namespaced_service("chat", namespace).metadata.resource_version,
-        "pods": sorted(
-            (p.metadata.name, p.metadata.resource_version) for p in _pods(api, namespace, "chat")
-        ),
-    }
+    versions = _versions(api, namespace, "chat")
     with operator_in_thread(config):
         passes.wait("chat", 3)
-    assert versions == {
-        "tier": _tier(api, namespace, "chat")["metadata"]["resourceVersion"],
-        "deployment": apps.read_namespaced_deployment("chat", namespace).metadata.resource_version,
-        "service": core.read_namespaced_service("chat", namespace).metadata.resource_version,
-        "pods": sorted(
-            (p.metadata.name, p.metadata.resource_version) for p in _pods(api, namespace, "chat")
-        ),
-    }
+    assert versions == _versions(api, namespace, "chat")
 
     # Delete: the garbage collector removes the Deployment, Service and pods.
     with operator_in_thread(config):
@@ -222,6 +208,19 @@ def test_tier_lifecycle(
             timeout_s=90,
             what="garbage collection of the tier's objects",
         )
+
+
+def _versions(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    """resourceVersions of everything the operator could write for a tier."""
+    _, apps, core = _apis(api)
+    return {
+        "tier": _tier(api, namespace, name)["metadata"]["resourceVersion"],
+        "deployment": apps.read_namespaced_deployment(name, namespace).metadata.resource_version,
+        "service": core.read_namespaced_service(name, namespace).metadata.resource_version,
+        "pods": sorted(
+            (p.metadata.name, p.metadata.resource_version) for p in _pods(api, namespace, name)
+        ),
+    }
 
 
 def _events(api: Any, namespace: str, name: str) -> list[str]:
