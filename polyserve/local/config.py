@@ -7,10 +7,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from polyserve.mockengine.settings import DEFAULT_PROFILE
 from polyserve.policy.dispatch import DeadlineMiss
 from polyserve.router.settings import read_model_file
 from polyserve.router.spec import TierSpec
+
+LOCAL_PROFILE = "llama-3.1-8b-a100"
 
 
 class LocalTier(BaseModel):
@@ -36,7 +37,9 @@ class LocalTier(BaseModel):
 class LocalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    profile: str = DEFAULT_PROFILE
+    #: A100 engines: they fill up at request rates a 2-core laptop can drive, so the local fleet
+    #: shows queueing, promotion and scaling without saturating the machine first.
+    profile: str = LOCAL_PROFILE
     model: str | None = None  # default: the profile's model
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080

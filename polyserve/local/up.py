@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+import numpy as np
+
+from polyserve.autoscale.decide import Autoscaler, Decision, TierTarget
+from polyserve.autoscale.settings import AutoscaleSettings
+from polyserve.autoscale.trend import StateReader
 from polyserve.local.config import LocalConfig
 from polyserve.local.processes import EngineProcess, EngineProcesses
-from polyserve.profile import load_profile
+from polyserve.profile import load_profile, tier_capacity
 from polyserve.router.server import Router
 from polyserve.router.settings import RouterSettings
 from polyserve.router.spec import BackendSpec, FleetSpec
+from polyserve.router.state import router_state
+from polyserve.sim.workload import shapes_for
 
 log = logging.getLogger("polyserve.local")
 
@@ -19,21 +28,45 @@ log = logging.getLogger("polyserve.local")
 READY_PREFIX = "polyserve up: router on "
 
 
-class LocalFleet:
-    """The engines and the router of one ``polyserve up``; the fleet the router sees is the
-    engines that are running (``sync`` after every start or stop)."""
+#: Autoscaling on one machine: mock engines start in about a second, so decide often and release
+#: an idle engine after a short while (a GPU cluster uses the slower defaults of the settings).
+LOCAL_AUTOSCALE = AutoscaleSettings(
+    decision_interval_s=2.0,
+    startup_s=2.0,
+    drain_after_s=15.0,
+    scale_down_cooldown_s=10.0,
+    trend_window_s=10.0,
+)
 
-    def __init__(self, cfg: LocalConfig) -> None:
+
+class LocalFleet:
+    """The engines and the router of one ``polyserve up``; it is also the autoscaler's local
+    actuator. The router sees the engines that are ready (``sync`` after every change); draining
+    engines get no new requests and stop once the router holds none of their requests."""
+
+    def __init__(self, cfg: LocalConfig, announce: Callable[[str], None] = print) -> None:
         self.cfg = cfg
-        self.model = cfg.model or load_profile(cfg.profile).model
+        self.announce = announce
+        self.profile = load_profile(cfg.profile)
+        self.model = cfg.model or self.profile.model
         self.engines = EngineProcesses(cfg.profile)
         self.router: Router | None = None
+        self.ready: set[str] = set()
+        self.draining: set[str] = set()
         self._serial = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def fleet_spec(self) -> FleetSpec:
         backends = [
-            BackendSpec(name=e.name, url=e.url, model=self.model, tier=e.tier)
+            BackendSpec(
+                name=e.name,
+                url=e.url,
+                model=self.model,
+                tier=e.tier,
+                draining=e.name in self.draining,
+            )
             for e in self.engines.running.values()
+            if e.name in self.ready
         ]
         return FleetSpec(tiers=self.cfg.tier_specs(self.model), backends=backends)
 
@@ -41,11 +74,83 @@ class LocalFleet:
         if self.router is not None:
             self.router.apply_fleet(self.fleet_spec())
 
+    def replicas(self) -> dict[str, int]:
+        """Per tier: engines running or starting, less those draining (what the autoscaler holds)."""
+        out = {t.name: 0 for t in self.cfg.tiers}
+        for e in self.engines.running.values():
+            if e.name not in self.draining:
+                out[e.tier] += 1
+        return out
+
     async def add_engine(self, tier: str) -> EngineProcess:
         self._serial += 1
         engine = await self.engines.start(f"{tier}-{self._serial}", tier)
+        self.ready.add(engine.name)
         self.sync()
         return engine
+
+    async def drain(self, name: str, deadline_s: float = 300.0) -> None:
+        """No new requests; stop the engine once its requests are done (or at the deadline)."""
+        self.draining.add(name)
+        self.sync()
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end and self._requests_on(name) > 0:
+            await asyncio.sleep(0.5)
+        await self.engines.stop(name)
+        self.ready.discard(name)
+        self.draining.discard(name)
+        self.sync()
+
+    def _requests_on(self, name: str) -> int:
+        assert self.router is not None
+        for pool in self.router.all_pools():
+            b = pool.backends.get(name)
+            if b is not None:
+                return b.view.residents
+        return 0
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception as e:  # an engine that failed to start: the next decision retries
+                log.warning("local actuator: %s", e)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def apply(self, d: Decision) -> None:
+        for _ in range(max(0, d.delta)):
+            self._spawn(self.add_engine(d.tier))
+        for name in d.drain:
+            self._spawn(self.drain(name))
+
+    async def autoscale(self) -> None:
+        """Every interval: the router's state -> the decision core -> start or drain engines."""
+        lengths = shapes_for("azure-conv", None, 0)  # a typical mix of lengths for the capacity
+        prompts = np.array([s.prompt_tokens for s in lengths])
+        outputs = np.array([s.output_tokens for s in lengths])
+        targets = [
+            TierTarget(
+                t.name, t.min, t.max, tier_capacity(self.profile, t.tpot_ms, prompts, outputs)
+            )
+            for t in self.cfg.tiers
+        ]
+        scaler = Autoscaler(targets, default_settings=LOCAL_AUTOSCALE)
+        reader = StateReader(LOCAL_AUTOSCALE.trend_window_s)
+        assert self.router is not None
+        while True:
+            await asyncio.sleep(LOCAL_AUTOSCALE.decision_interval_s)
+            wall = time.time()
+            state = router_state(self.router.all_pools(), self.router.now(), wall)
+            observations = {o.tier: o for o in reader.read(state)}
+            for d in scaler.step(wall, observations, self.replicas()):
+                if d.delta:
+                    self.announce(
+                        f"  autoscale {d.tier}: {d.replicas} -> {d.desired} ({d.reason}: {d.detail})"
+                    )
+                self.apply(d)
 
     async def start(self) -> Router:
         await asyncio.gather(
@@ -59,6 +164,9 @@ class LocalFleet:
         return self.router
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.router is not None:
             await self.router.close()
         await self.engines.stop_all()
@@ -67,9 +175,11 @@ class LocalFleet:
 async def run_up(
     cfg: LocalConfig, stop: asyncio.Event, announce: Callable[[str], None] = print
 ) -> None:
-    fleet = LocalFleet(cfg)
+    fleet = LocalFleet(cfg, announce)
     try:
         router = await fleet.start()
+        if cfg.autoscale:
+            fleet._spawn(fleet.autoscale())
         for e in fleet.engines.running.values():
             announce(f"  engine {e.name} ({e.tier}) {e.url} pid {e.proc.pid}")
         announce(f"{READY_PREFIX}{router.url} (model {fleet.model}, policy {cfg.policy})")
