@@ -96,10 +96,10 @@ class LocalFleet:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end and self._requests_on(name) > 0:
             await asyncio.sleep(0.5)
-        await self.engines.stop(name)
         self.ready.discard(name)
+        self.sync()  # out of the router first, then stopped: no probe sees it die
+        await self.engines.stop(name)
         self.draining.discard(name)
-        self.sync()
 
     def _requests_on(self, name: str) -> int:
         assert self.router is not None
