@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit lint bench demo e2e kube-build crds helm chart-check clean
+.PHONY: install test unit lint bench demo simulate e2e kube-build crds helm chart-check clean
 
 install: $(STAMP)
 
@@ -29,8 +29,13 @@ lint: install
 bench: install
 	$(PY) -m bench
 
-# Until the local fleet exists, the demo is the simulator's quick policy comparison.
+# The whole system on this machine: mock engines per tier, the router and the autoscaler, a
+# 2-minute replay of the Azure conversation trace, a report in out/demo. `make simulate` runs the
+# simulator's quick policy comparison instead.
 demo: install
+	$(BIN)/polyserve demo
+
+simulate: install
 	$(BIN)/polyserve simulate --quick
 
 # A real Kubernetes control plane for the tests (etcd, kube-apiserver, kube-controller-manager),
