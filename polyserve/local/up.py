@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import numpy as np
 
-from polyserve.autoscale.decide import Autoscaler, Decision, TierTarget
+from polyserve.autoscale.decide import Autoscaler, TierTarget
 from polyserve.autoscale.settings import AutoscaleSettings
 from polyserve.autoscale.trend import StateReader
 from polyserve.local.config import LocalConfig
@@ -74,13 +74,21 @@ class LocalFleet:
         if self.router is not None:
             self.router.apply_fleet(self.fleet_spec())
 
-    def replicas(self) -> dict[str, int]:
-        """Per tier: engines running or starting, less those draining (what the autoscaler holds)."""
-        out = {t.name: 0 for t in self.cfg.tiers}
-        for e in self.engines.running.values():
-            if e.name not in self.draining:
-                out[e.tier] += 1
-        return out
+    def replicas(self, tier: str) -> int:
+        """Engines of the tier running or starting, less those draining (the Actuator count)."""
+        return sum(
+            1
+            for e in self.engines.running.values()
+            if e.tier == tier and e.name not in self.draining
+        )
+
+    def scale(self, tier: str, desired: int, drain: Sequence[str], now: float) -> None:
+        """The autoscaler's Actuator: start engines up to ``desired``, or drain ``drain`` first."""
+        delta = desired - self.replicas(tier)
+        for _ in range(max(0, delta)):
+            self._spawn(self.add_engine(tier))
+        for name in list(drain)[: max(0, -delta)]:
+            self._spawn(self.drain(name))
 
     async def add_engine(self, tier: str) -> EngineProcess:
         self._serial += 1
@@ -119,12 +127,6 @@ class LocalFleet:
         task = asyncio.ensure_future(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def apply(self, d: Decision) -> None:
-        for _ in range(max(0, d.delta)):
-            self._spawn(self.add_engine(d.tier))
-        for name in d.drain:
-            self._spawn(self.drain(name))
 
     async def autoscale(self) -> None:
         """Every interval: the router's state -> the decision core -> start or drain engines."""
