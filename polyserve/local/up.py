@@ -147,12 +147,14 @@ class LocalFleet:
             wall = time.time()
             state = router_state(self.router.all_pools(), self.router.now(), wall)
             observations = {o.tier: o for o in reader.read(state)}
-            for d in scaler.step(wall, observations, self.replicas()):
+            replicas = {t.name: self.replicas(t.name) for t in self.cfg.tiers}
+            decisions = scaler.step(wall, observations, replicas)
+            for d in decisions:
                 if d.delta:
                     self.announce(
                         f"  autoscale {d.tier}: {d.replicas} -> {d.desired} ({d.reason}: {d.detail})"
                     )
-                self.apply(d)
+            apply(self, decisions, wall)
 
     async def start(self) -> Router:
         await asyncio.gather(
