@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from polyserve.autoscale.actuators import apply
 from polyserve.autoscale.decide import Autoscaler, TierTarget
 from polyserve.autoscale.settings import AutoscaleSettings
 from polyserve.autoscale.trend import StateReader
