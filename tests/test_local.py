@@ -57,3 +57,45 @@ def test_local_config_is_validated(tmp_path: Path) -> None:
     bad.write_text("tiers: []\nprofile: x\n")
     with pytest.raises(ConfigError, match=r"fleet\.yaml: tiers"):
         read_model_file(bad, LocalConfig, "local fleet file")
+
+
+def test_local_actuator_starts_and_drains_engines() -> None:
+    import asyncio
+
+    from polyserve.local.up import LocalFleet
+    from polyserve.mockengine import timing
+
+    cfg = LocalConfig(
+        port=0, autoscale=False, tiers=[LocalTier(name="t50", tpot_ms=50, ttft_ms=1000)]
+    )
+
+    async def wait_for(cond: object, what: str, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not cond():  # type: ignore[operator]
+            assert loop.time() < end, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    async def main() -> None:
+        fleet = LocalFleet(cfg, announce=lambda line: None)
+        try:
+            router = await fleet.start()
+            backends = lambda: sorted(router.pools[fleet.model].backends)  # noqa: E731
+            assert fleet.replicas("t50") == 1 and len(backends()) == 1
+            fleet.scale("t50", 2, [], now=0.0)
+            assert fleet.replicas("t50") == 2 or fleet._tasks  # counted as soon as it starts
+            await wait_for(lambda: len(backends()) == 2, "the second engine in the router")
+            first = backends()[0]
+            pid = fleet.engines.running[first].proc.pid
+            fleet.scale("t50", 1, [first], now=1.0)
+            await wait_for(lambda: first not in fleet.engines.running, "the drained engine stopped")
+            assert backends() == list(fleet.engines.running)
+            assert first not in fleet.engines.running and fleet.replicas("t50") == 1
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+            )
+        finally:
+            await fleet.close()
+
+    timing.run(main())
