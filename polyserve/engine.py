@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from array import array
 from collections import deque
 from collections.abc import Hashable, Iterator
@@ -41,6 +42,9 @@ from typing import Literal
 from polyserve.profile import Profile
 
 SchedulingPolicy = Literal["fcfs", "priority"]
+
+#: Default share of the most urgent decode's slack that slack-aware chunking lets one step use.
+SLACK_SHARE = 0.5
 
 
 class EngineError(ValueError):
@@ -70,6 +74,11 @@ class EngineConfig:
     # each step's prefill chunks are cut so the predicted step stays within this many ms, but never
     # below one block.
     chunk_budget_ms: float = 0.0
+    # Slack-aware chunking (with chunk_budget_ms > 0): when every running decode carries a deadline
+    # (Request.first_deadline/tpot_ms), a step may run up to this fraction of the most urgent
+    # decode's slack (time until its next token is due), when that is more than chunk_budget_ms.
+    # The deadline SLO lets a request bank time; the bigger chunk spends part of it.
+    slack_share: float = SLACK_SHARE
 
     def __post_init__(self) -> None:
         for name in (
@@ -90,6 +99,8 @@ class EngineConfig:
             raise EngineError("long_prefill_token_threshold must be >= 0")
         if not (self.chunk_budget_ms >= 0):
             raise EngineError("chunk_budget_ms must be >= 0")
+        if not (0 <= self.slack_share < 1):
+            raise EngineError("slack_share must be in [0, 1)")
         if self.scheduling_policy not in ("fcfs", "priority"):
             raise EngineError(f"unknown scheduling policy {self.scheduling_policy!r}")
         if self.kv_cache_tokens // self.block_size < 1:
@@ -125,6 +136,10 @@ class Request:
     output_tokens: int
     priority: int = 0
     arrival: float = 0.0
+    # The deadline SLO, when the caller knows it: token i is due at first_deadline + i * tpot_ms
+    # (absolute seconds; inf = unknown). Only slack-aware chunking reads it.
+    first_deadline: float = math.inf
+    tpot_ms: float = 0.0
     phase: Phase = Phase.WAITING
     order: int = 0  # engine arrival order (tie-break of fcfs and priority)
     admitted: int = 0  # admission order into the running set (the preemption order)
@@ -197,6 +212,12 @@ class Engine:
         self._dec_c_sum = 0
         self._dec_phase = [0] * self._bs
         self._finish_heap: list[tuple[int, int, Request]] = []
+        # decode deadlines per TPOT: (key, order, join step, req); the token a decode emits in step s
+        # is due at key + s * tpot (lazy deletion: an entry is live while its request decodes from
+        # that join step). Decodes without a deadline are counted: none may be outrun.
+        self._deadlines: dict[float, list[tuple[float, int, int, Request]]] = {}
+        self._dec_no_deadline = 0
+        self.last_slack_ms = 0.0  # the most urgent decode's slack at the last step's start
         self._order = itertools.count()
         self._admit_seq = itertools.count()
         # counters (vLLM metric names in comments)
@@ -351,10 +372,18 @@ class Engine:
         self._dec_c_sum += req._c
         self._dec_phase[req._c % self._bs] += 1
         heapq.heappush(self._finish_heap, (req._end_step, req.order, req))
+        if req.tpot_ms > 0 and math.isfinite(req.first_deadline):
+            key = req.first_deadline + (req._gen_base - next_step) * req.tpot_ms / 1000.0
+            heap = self._deadlines.setdefault(req.tpot_ms, [])
+            heapq.heappush(heap, (key, req.order, next_step, req))
+        else:
+            self._dec_no_deadline += 1
 
     def _leave_decode(self, req: Request) -> None:
         """Materialise a decoding request's state as of the current step boundary."""
         del self._decoding[req.rid]
+        if not (req.tpot_ms > 0 and math.isfinite(req.first_deadline)):
+            self._dec_no_deadline -= 1
         self._dec_c_sum -= req._c
         self._dec_phase[req._c % self._bs] -= 1
         req.computed = req._c + self.step_index
@@ -388,6 +417,23 @@ class Engine:
         preempted.append(victim)
         return victim
 
+    def decode_slack_ms(self, now: float) -> float:
+        """Time until the most urgent decode's next token is due, as of a step starting at ``now``
+        (inf with no decodes; 0 when a decode has no known deadline)."""
+        if self._dec_no_deadline:
+            return 0.0
+        s = self.step_index
+        best = math.inf
+        for tpot, heap in self._deadlines.items():
+            while heap:
+                _key, _order, join, req = heap[0]
+                if req.phase is Phase.DECODE and req._join_step == join:
+                    break
+                heapq.heappop(heap)
+            if heap:
+                best = min(best, heap[0][0] + s * tpot / 1000.0)
+        return (best - now) * 1000.0 if math.isfinite(best) else math.inf
+
     # ---------------------------------------------------------------- the step
 
     def step(self, now: float = 0.0, collect_emitted: bool = False) -> StepResult:
@@ -413,6 +459,12 @@ class Engine:
         threshold = cfg.long_prefill_token_threshold
         decode_ctx = self._dec_c_sum + n_decode * (s + 1)
         scheduled = pairs = 0
+        chunk_budget = cfg.chunk_budget_ms
+        if chunk_budget and n_decode and cfg.slack_share:
+            self.last_slack_ms = self.decode_slack_ms(now)
+            chunk_budget = max(chunk_budget, self.last_slack_ms * cfg.slack_share)
+        else:
+            self.last_slack_ms = 0.0
 
         chunks: list[tuple[Request, int]] = []
 
@@ -424,9 +476,9 @@ class Engine:
             chunk = min(req.prefill_target - req.computed, budget)
             if threshold:
                 chunk = min(chunk, threshold)
-            if cfg.chunk_budget_ms and n_decode and chunk > bs:
+            if chunk_budget and n_decode and chunk > bs:
                 fit = self.profile.max_prefill_chunk(
-                    cfg.chunk_budget_ms, n_decode, decode_ctx, req.computed, chunk, scheduled, pairs
+                    chunk_budget, n_decode, decode_ctx, req.computed, chunk, scheduled, pairs
                 )
                 chunk = max(fit, bs)
             return chunk, _ceil_div(req.computed + chunk, bs) - req.blocks

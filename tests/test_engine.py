@@ -281,3 +281,60 @@ def test_dynamic_chunk_keeps_steps_within_budget_while_decodes_run(profile: Prof
         assert res.n_decode == 8
         # within budget, unless the chunk was already down to one block
         assert res.duration_ms <= 14.0 or res.prefill_tokens <= profile.block_size
+
+
+def _slack_run(profile: Profile, first_deadline: float) -> tuple[list[float], list[Request]]:
+    """Eight decodes with deadlines, then a long prompt: the step times and the decodes."""
+    cfg = EngineConfig.from_profile(profile, chunk_budget_ms=14.0)
+    eng = Engine(profile, cfg)
+    decodes = [
+        Request(f"d{i}", 64, 200, first_deadline=first_deadline, tpot_ms=20.0) for i in range(8)
+    ]
+    for r in decodes:
+        eng.add(r)
+    now = eng.step(0.0).end
+    eng.add(Request("long", 2000, 5))
+    durations = []
+    while eng.requests.get("long") is not None and eng.requests["long"].first_token_step < 0:
+        res = eng.step(now)
+        durations.append(res.duration_ms)
+        now = res.end
+    run_to_completion(eng)
+    return durations, decodes
+
+
+def test_slack_aware_chunking_spends_banked_slack_but_meets_every_deadline(
+    profile: Profile,
+) -> None:
+    tight, _ = _slack_run(profile, first_deadline=0.05)  # little slack: the 14 ms budget holds
+    loose, _ = _slack_run(profile, first_deadline=1.0)  # ~1 s banked: bigger chunks
+    assert max(tight) <= 20.0
+    assert len(loose) < len(tight)  # the long prompt is prefilled in fewer, bigger steps
+    assert max(loose) > 14.0
+    # a step with decodes never runs past the most urgent decode's deadline
+    cfg = EngineConfig.from_profile(profile, chunk_budget_ms=14.0)
+    eng = Engine(profile, cfg)
+    for i in range(8):
+        eng.add(Request(f"d{i}", 64, 200, first_deadline=1.0, tpot_ms=20.0))
+    now = eng.step(0.0).end
+    eng.add(Request("long", 4000, 5))
+    while eng.has_work:
+        slack = eng.decode_slack_ms(now)
+        res = eng.step(now)
+        if res.n_decode:
+            assert res.duration_ms <= max(slack, 14.0 + 1e-9)
+        now = res.end
+
+
+def test_decodes_without_deadlines_are_never_outrun(profile: Profile) -> None:
+    cfg = EngineConfig.from_profile(profile, chunk_budget_ms=14.0)
+    eng = Engine(profile, cfg)
+    eng.add(Request("known", 64, 200, first_deadline=10.0, tpot_ms=20.0))
+    eng.add(Request("unknown", 64, 200))
+    now = eng.step(0.0).end
+    assert eng.decode_slack_ms(now) == 0.0
+    eng.add(Request("long", 2000, 5))
+    while eng.requests["long"].first_token_step < 0:
+        res = eng.step(now)
+        assert res.duration_ms <= 14.0 or res.prefill_tokens <= profile.block_size
+        now = res.end

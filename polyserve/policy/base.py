@@ -66,6 +66,10 @@ class ServerView:
     # the engine's own metrics; always 0 in the simulator. Counted as decoding residents.
     foreign_requests: int = 0
     foreign_kv_tokens: int = 0
+    # Slack of the most urgent decode at the start of the current step (ms until its next token is
+    # due; 0 = unknown). Where known (the simulator), the TTFT check predicts the bigger prefill
+    # chunks that slack-aware chunking runs.
+    decode_slack_ms: float = 0.0
 
     # -------------------------------------------------------------- accounting (sim and router)
 

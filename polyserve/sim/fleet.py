@@ -98,7 +98,8 @@ class _Server:
 class Scaler(Protocol):
     """Drives a scaling fleet: ``tick`` runs at time 0 and then every ``interval_s`` seconds."""
 
-    interval_s: float
+    @property
+    def interval_s(self) -> float: ...
 
     def tick(self, now: float, sim: FleetSim) -> None: ...
 
@@ -118,8 +119,6 @@ class SimResult:
 
 class FleetSim:
     def __init__(self, config: SimConfig, policy: Policy, scaler: Scaler | None = None) -> None:
-        if config.n_servers < 1 and scaler is None:
-            raise ValueError("a fleet needs at least one server (or a scaler that starts some)")
         self.cfg = config
         self.policy = policy
         self.scaler = scaler
@@ -184,6 +183,8 @@ class FleetSim:
     def run(
         self, arrivals: Sequence[Arrival], progress: Callable[[int], None] | None = None
     ) -> SimResult:
+        if not self.servers and self.scaler is None:
+            raise ValueError("a fleet needs at least one server (or a scaler that starts some)")
         wall0 = time.perf_counter()
         arrivals = sorted(arrivals, key=lambda a: a.time)
         if not self.policy.tiered or self.scaler is not None:
@@ -312,7 +313,14 @@ class FleetSim:
         live.server = view.index
         live.promoted = placement.promoted
         self.promoted += placement.promoted
-        req = Request(a.rid, a.prompt_tokens, a.output_tokens, arrival=now)
+        req = Request(
+            a.rid,
+            a.prompt_tokens,
+            a.output_tokens,
+            arrival=now,
+            first_deadline=a.time + a.ttft_ms / 1000.0,
+            tpot_ms=a.tpot_ms,
+        )
         live.engine_req = req
         srv.engine.add(req)
         srv.live[a.rid] = live
@@ -341,6 +349,7 @@ class FleetSim:
         self.steps += 1
         srv.step = res
         srv.view.busy_until = res.end
+        srv.view.decode_slack_ms = srv.engine.last_slack_ms
         self._seq += 1
         heapq.heappush(self._events, (res.end, self._seq, srv.view.index))
 
