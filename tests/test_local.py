@@ -88,7 +88,7 @@ def test_local_actuator_starts_and_drains_engines() -> None:
             first = backends()[0]
             pid = fleet.engines.running[first].proc.pid
             fleet.scale("t50", 1, [first], now=1.0)
-            await wait_for(lambda: first not in fleet.engines.running, "the drained engine stopped")
+            await wait_for(lambda: not fleet._tasks, "the drain to finish")
             assert backends() == list(fleet.engines.running)
             assert first not in fleet.engines.running and fleet.replicas("t50") == 1
             assert (
