@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
 from polyserve.policy import make_policy
 from polyserve.profile import Profile
 from polyserve.sim.fleet import FleetSim, SimConfig
-from polyserve.sim.optimal import fluid_bound
+from polyserve.sim.optimal import fluid_bound, windowed_bound
 from polyserve.sim.workload import Arrival, SLOAssigner, SLOMix, at_rate, shapes_for
 from polyserve.slo import PAPER_TIERS, Tier, TierSet
 
@@ -80,3 +81,25 @@ def test_fluid_bound_grows_with_looser_tiers(profile: Profile) -> None:
     assert all(a <= b for a, b in itertools.pairwise(caps))
     assert bound.goodput(20) == pytest.approx(2 * bound.goodput(10))
     assert sum(bound.server_shares()) == pytest.approx(1.0)
+
+
+def test_windowed_bound_follows_the_measured_window(profile: Profile) -> None:
+    """The bound is for the requests whose attainment is measured, at the rate they arrive."""
+    base = SLOAssigner(PAPER_TIERS, profile).assign(shapes_for("sharegpt", 2000, 1), seed=1)
+    even = [replace(a, time=float(i)) for i, a in enumerate(base)]  # exactly 1 req/s
+    whole = fluid_bound(profile, PAPER_TIERS, even, attainment=0.9)
+    everything = windowed_bound(profile, PAPER_TIERS, even, (0.0, 1.0), attainment=0.9)
+    assert everything.goodput(20) == pytest.approx(whole.goodput(20), rel=1e-3)
+    # the middle half arrives twice as fast: the same fleet sustains half the nominal rate there
+    n = len(even)
+    dense = [
+        replace(
+            a, time=i if i < n // 4 else n // 4 + (i - n // 4) / 2 if i < 3 * n // 4 else i - n // 4
+        )
+        for i, a in enumerate(even)
+    ]
+    mid = windowed_bound(profile, PAPER_TIERS, dense, (0.3, 0.7), attainment=0.9)
+    alone = fluid_bound(
+        profile, PAPER_TIERS, dense[int(0.3 * (n - 1)) : int(0.7 * (n - 1)) + 1], 0.9
+    )
+    assert mid.goodput(20) == pytest.approx(alone.goodput(20) / 2, rel=0.01)

@@ -19,7 +19,9 @@ of N servers with tier shares ``w_t`` then serves at most ``N / sum_t(w_t / cap_
 Goodput only asks for ``attainment`` (90%) of the requests, and a request that is shed costs
 nothing, so the bound at that threshold first drops the costliest ``1 - attainment`` of the requests
 (cost: prompt tokens at the prefill rate plus output tokens at the tier's cost per decode token) and
-then divides the rate by ``attainment``. A real placement loses to integer servers, queueing, TTFT
+then divides the rate by ``attainment``. The simulator judges only the requests that arrive in the
+middle of a run (``sim.study.MEASURE_WINDOW``); ``windowed_bound`` is the bound for those requests at
+the rate they arrive, which is what a goodput study compares against. A real placement loses to integer servers, queueing, TTFT
 and the variance of output lengths.
 """
 
@@ -90,3 +92,34 @@ def fluid_bound(
         raise ValueError("a tier with requests cannot be served at its TPOT on this profile")
     per_rate = sum(w / c for w, c in zip(shares, caps, strict=True) if w > 0)
     return FluidBound(tuple(caps), tuple(shares), per_rate)
+
+
+def windowed_bound(
+    profile: Profile,
+    tiers: TierSet,
+    base: Sequence[Arrival],
+    window: tuple[float, float],
+    attainment: float = 1.0,
+) -> FluidBound:
+    """The bound on the rate scale of ``base`` (a workload at 1 req/s) for attainment measured
+    only on the requests whose arrivals fall in ``window`` (fractions of the requests, as
+    ``sim.study.windowed_attainment`` measures it).
+
+    Goodput is a nominal rate R (the whole workload replayed at R req/s), but only the window's
+    requests are judged, and they arrive at ``k * R`` with their own lengths and tier mix (a real
+    trace is not stationary: the Azure conversation trace's middle runs at 1.17x its mean rate).
+    The fluid bound of the window's requests, ``B_w``, caps their rate, so ``R <= B_w / k``.
+    A Poisson workload has ``k ~ 1`` and the window's mix is the trace's.
+    """
+    if not base:
+        raise ValueError("the fluid bound needs a workload")
+    ordered = sorted(a.time for a in base)
+    n = len(ordered)
+    lo, hi = ordered[int(window[0] * (n - 1))], ordered[int(window[1] * (n - 1))]
+    inside = [a for a in base if lo <= a.time <= hi]
+    span = hi - lo
+    if len(inside) < 2 or span <= 0:
+        return fluid_bound(profile, tiers, base, attainment)
+    k = len(inside) / span  # the window's rate when the workload runs at 1 req/s
+    b = fluid_bound(profile, tiers, inside, attainment)
+    return FluidBound(b.per_server_capacity, b.shares, b.servers_per_rate * k)

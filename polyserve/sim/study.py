@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from polyserve.policy import make_policy
 from polyserve.profile import Profile
 from polyserve.sim.fleet import ChunkMode, FleetSim, SimConfig, SimResult
-from polyserve.sim.optimal import FluidBound, fluid_bound
+from polyserve.sim.optimal import FluidBound, fluid_bound, windowed_bound
 from polyserve.sim.workload import Arrival, at_rate
 from polyserve.slo import Goodput, GoodputPoint, TierSet, goodput_search
 
@@ -73,16 +73,21 @@ def goodput_study(
     rel_tol: float = 0.03,
     on_point: Callable[[str, GoodputPoint], None] | None = None,
 ) -> tuple[list[PolicyGoodput], FluidBound]:
-    """``base`` is the workload at 1 req/s; each evaluation replays it at another rate."""
-    bound = fluid_bound(profile, tiers, base, attainment=threshold)
-    optimum = bound.goodput(n_servers)
+    """``base`` is the workload at 1 req/s; each evaluation replays it at another rate.
+
+    The returned bound is the one for what is measured: the window's requests at their own rate
+    (``optimal.windowed_bound``). Static partitions are sized from the whole workload's bound.
+    """
+    whole = fluid_bound(profile, tiers, base, attainment=threshold)
+    bound = windowed_bound(profile, tiers, base, MEASURE_WINDOW, attainment=threshold)
+    start = whole.goodput(n_servers)  # the search's first probes (unchanged by the window)
     results: list[PolicyGoodput] = []
     for name in policies:
         last: dict[float, SimResult] = {}
 
         def attainment(rate: float, name: str = name, last: dict[float, SimResult] = last) -> float:
             arrivals = at_rate(base, rate)
-            res = run_once(profile, tiers, n_servers, name, arrivals, bound)
+            res = run_once(profile, tiers, n_servers, name, arrivals, whole)
             last[rate] = res
             return windowed_attainment(res, arrivals)
 
@@ -92,8 +97,8 @@ def goodput_study(
 
         g = goodput_search(
             attainment,
-            lo=0.2 * optimum,
-            hi=0.4 * optimum,
+            lo=0.2 * start,
+            hi=0.4 * start,
             threshold=threshold,
             rel_tol=rel_tol,
             on_point=report,
