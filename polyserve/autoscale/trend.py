@@ -54,6 +54,11 @@ class ArrivalTrend:
         if len(self._times) < 2:
             return 0.0, 0.0
         now, w = self._times[-1], self.window_s
+        span = now - self._times[0]
+        if span < 2 * w:  # too short a history to show a trend: the mean so far, twice
+            seen = min(span, w)
+            rate = (self._values[-1] - self._value_at(now - seen)) / seen
+            return rate, rate
         v_now, v_mid, v_old = (self._value_at(now - k * w) for k in (0, 1, 2))
         return (v_now - v_mid) / w, (v_mid - v_old) / w
 

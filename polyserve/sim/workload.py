@@ -177,6 +177,27 @@ def rescale(shapes: Sequence[Shape], rate: float) -> list[Shape]:
     return [replace(s, time=(s.time - t0) * factor) for s in shapes]
 
 
+def superpose(shapes: Sequence[Shape], copies: int, jitter_s: float, seed: int) -> list[Shape]:
+    """``copies`` overlaid replays of a trace, each request moved by up to ``jitter_s`` seconds.
+
+    Multiplies the load while keeping the trace's own clock: its minute-scale shape (diurnal
+    trend, bursts longer than the jitter) and its lengths are unchanged, so start-up delays meet
+    the load changes they would meet in production.
+    """
+    if copies < 1 or jitter_s < 0:
+        raise WorkloadError("superpose needs copies >= 1 and jitter_s >= 0")
+    if copies == 1:
+        return list(shapes)
+    rng = random.Random(seed)
+    out = [
+        replace(s, time=max(0.0, s.time + rng.uniform(-jitter_s, jitter_s)))
+        for _ in range(copies)
+        for s in shapes
+    ]
+    out.sort(key=lambda s: s.time)
+    return out
+
+
 def shapes_for(name: str, n: int | None, seed: int, offset: int = 0) -> list[Shape]:
     """A named workload at rate 1 req/s: ``azure-conv``, ``azure-code``, ``sharegpt`` (Poisson), or a
     file path. ``n`` limits the count (a window of the trace starting at ``offset``)."""

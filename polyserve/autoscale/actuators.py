@@ -1,0 +1,38 @@
+"""What carries a decision out: one small interface, one implementation per body.
+
+- :class:`~polyserve.autoscale.virtual.VirtualActuator`: the simulator's servers (start-up delay);
+- :class:`~polyserve.autoscale.local.LocalActuator`: mock-engine processes for ``polyserve up``;
+- Kubernetes: patches the SLOTier's ``spec.replicas`` through its scale subresource, after giving
+  the servers in ``drain`` the lowest ``controller.kubernetes.io/pod-deletion-cost`` (the operator
+  implements it against this Protocol).
+
+An actuator owns the count it reports: ``replicas`` must return what was last set (by anyone), so
+the decision core can tell its own changes from someone else's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from polyserve.autoscale.decide import Decision
+
+
+class Actuator(Protocol):
+    def replicas(self, tier: str) -> int:
+        """The tier's replica count as set now (starting servers included)."""
+        ...
+
+    def scale(self, tier: str, desired: int, drain: Sequence[str], now: float) -> None:
+        """Set the tier's count; when it drops, release the servers named in ``drain`` first."""
+        ...
+
+
+def apply(actuator: Actuator, decisions: Sequence[Decision], now: float) -> int:
+    """Carry out the decisions that change a count; returns how many did."""
+    changed = 0
+    for d in decisions:
+        if d.desired != d.replicas:
+            actuator.scale(d.tier, d.desired, d.drain, now)
+            changed += 1
+    return changed
