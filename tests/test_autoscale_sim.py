@@ -1,0 +1,157 @@
+"""The autoscaler in the simulator: a step change in load, the signal path, the actuators."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from polyserve.autoscale.baselines import HPABehavior, hpa_recommendation
+from polyserve.autoscale.decide import Reason
+from polyserve.autoscale.replay import Replay, run_autoscaler, run_static
+from polyserve.autoscale.settings import AutoscaleSettings
+from polyserve.autoscale.signals import RouterState, TierState
+from polyserve.autoscale.trend import ArrivalTrend, StateReader
+from polyserve.autoscale.virtual import VirtualActuator, router_state
+from polyserve.policy import make_policy
+from polyserve.profile import load_profile
+from polyserve.sim.fleet import FleetSim, SimConfig
+from polyserve.sim.workload import Arrival
+from polyserve.slo import Tier, TierSet
+
+TIERS = TierSet([Tier("fast", 50.0, 1000.0), Tier("slow", 100.0, 1000.0)])
+PROF = load_profile("llama-3.1-8b-h100")
+
+
+def step_load(
+    low: float, high: float, t_up: float, t_down: float, t_end: float, seed: int = 1
+) -> list[Arrival]:
+    """Poisson arrivals at ``low`` req/s, ``high`` from ``t_up`` to ``t_down``, then ``low`` again
+    until ``t_end``; short chats in two tiers."""
+    rng = random.Random(seed)
+    out: list[Arrival] = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(high if t_up <= t < t_down else low)
+        if t >= t_end:
+            return out
+        tier = rng.randrange(2)
+        out.append(Arrival(len(out), t, 800, 150, tier, 1000.0, TIERS[tier].tpot_ms))
+
+
+SETTINGS = AutoscaleSettings(
+    startup_s=10.0,
+    decision_interval_s=2.0,
+    trend_window_s=10.0,
+    stale_after_s=4.0,
+    drain_after_s=4.0,
+    scale_down_cooldown_s=4.0,
+)
+
+
+def test_step_change_scales_up_in_time_then_drains_to_min() -> None:
+    arrivals = step_load(low=4.0, high=80.0, t_up=30.0, t_down=70.0, t_end=130.0)
+    replay = Replay(PROF, TIERS, arrivals, startup_s=SETTINGS.startup_s)
+    res = run_autoscaler(replay, SETTINGS, max_per_tier=20, min_per_tier=1)
+    hist = res.history
+    before = max(sum(s.replicas) for s in hist if s.time < 30.0)
+    peak = max(sum(s.replicas) for s in hist)
+    assert peak > before + 2  # it grew with the load
+    # time to scale: more servers asked for within two decisions (plus the trend's lag)
+    first_up = min(s.time for s in hist if sum(s.replicas) > before)
+    assert first_up - 30.0 <= 2 * SETTINGS.decision_interval_s + SETTINGS.trend_window_s / 2
+    # ... and ready one start-up time later
+    first_ready = min(s.time for s in hist if sum(s.ready) > before)
+    assert first_ready - first_up <= SETTINGS.startup_s + SETTINGS.decision_interval_s
+    # once the load falls back the idle servers are released down to what the trickle needs
+    assert sum(hist[-1].replicas) <= before
+    assert res.reasons is not None
+    assert (
+        res.reasons["fast", Reason.SCALE_UP_PREDICTED.value]
+        + res.reasons["fast", Reason.SCALE_UP_PENDING.value]
+        >= 1
+    )
+    assert sum(n for (_, r), n in res.reasons.items() if r.startswith("scale_down")) >= 1
+    # attainment once the new servers serve (the start-up gap itself may shed)
+    late = [o for o in res.result.outcomes if o.arrival >= first_ready + 5.0]
+    assert late and sum(o.attained for o in late) / len(late) >= 0.97
+    # cost: cheaper than holding the peak for the whole run
+    static = run_static(replay, peak)
+    assert res.result.instance_seconds < static.result.instance_seconds
+
+
+def test_the_fixed_fleet_pays_from_time_zero_and_a_started_server_from_its_request() -> None:
+    sim = FleetSim(SimConfig(PROF, TIERS, 0), make_policy("polyserve"))
+
+    class Once:
+        interval_s = 5.0
+        started = False
+
+        def tick(self, now: float, s: FleetSim) -> None:
+            if not self.started:
+                act = VirtualActuator(s, startup_s=3.0)
+                act.provision("fast", 1)
+                act.scale("slow", 1, (), now)  # ready at 3 s
+                self.started = True
+                assert act.replicas("slow") == 1
+                assert [b.ready for b in router_state(s, now).backends] == [True, False]
+
+    sim.scaler = Once()
+    arrivals = [
+        Arrival(0, 1.0, 100, 10, 1, 1000.0, 100.0),
+        Arrival(1, 4.0, 100, 10, 1, 1000.0, 100.0),
+    ]
+    res = sim.run(arrivals)
+    by_id = {o.request_id: o for o in res.outcomes}
+    assert by_id["0"].server == "s0"  # promoted to the ready fast server: the slow one starts
+    assert by_id["1"].server == "s1"
+    assert res.instance_seconds == pytest.approx(2 * res.makespan)
+
+
+def test_virtual_actuator_releases_named_then_starting_then_least_loaded() -> None:
+    sim = FleetSim(SimConfig(PROF, TIERS, 0), make_policy("polyserve"))
+    act = VirtualActuator(sim, startup_s=30.0)
+    act.provision("fast", 3)
+    act.scale("fast", 5, (), 0.0)  # two starting
+    assert act.replicas("fast") == 5
+    act.scale("fast", 2, ("s1",), 1.0)
+    alive = [v.name for v, _, _ in sim.live_servers() if not v.draining]
+    assert alive == ["s0", "s2"]  # s1 by name, then the two starting ones
+    with pytest.raises(ValueError):
+        VirtualActuator(sim, startup_s=-1.0)
+
+
+def test_trend_rates_resets_and_a_short_history() -> None:
+    trend = ArrivalTrend(10.0)
+    assert trend.rates() == (0.0, 0.0)
+    trend.add(0.0, 0)
+    trend.add(5.0, 20)
+    assert trend.rates() == (4.0, 4.0)  # too short to show a trend: the mean so far
+    for t in range(10, 31, 5):  # 2/s until 20 s, then 6/s
+        trend.add(float(t), 2 * t if t <= 20 else 40 + 6 * (t - 20))
+    assert trend.rates() == pytest.approx((6.0, 2.0))
+    trend.add(35.0, 3)  # the router restarted: its counter began again
+    assert trend.rates()[0] > 0
+
+
+def test_state_reader_turns_counters_into_rates() -> None:
+    reader = StateReader(window_s=10.0)
+
+    def state(t: float, total: int) -> RouterState:
+        tier = TierState(
+            name="fast", pending=2, oldest_wait_s=0.5, arrivals_total=total, shed_total=0
+        )
+        return RouterState(time=t, tiers=[tier], backends=[])
+
+    reader.read(state(0.0, 0))
+    (obs,) = reader.read(state(10.0, 50))
+    assert obs.arrival_rate == pytest.approx(5.0) and obs.pending == 2 and obs.observed_at == 10.0
+
+
+def test_hpa_recommendation_follows_the_kubernetes_rules() -> None:
+    b = HPABehavior(min_replicas=1, max_replicas=10)
+    assert hpa_recommendation(4, 4 * 0.52, 0.5, b) == 4  # within the 10% tolerance
+    assert hpa_recommendation(4, 4 * 0.9, 0.5, b) == 8
+    assert hpa_recommendation(2, 100.0, 0.5, b) == 6  # at most +4 (or x2) per sync
+    assert hpa_recommendation(4, 0.0, 0.5, b) == 1
+    assert hpa_recommendation(8, 100.0, 0.5, b) == 10
