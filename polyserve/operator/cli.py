@@ -55,6 +55,13 @@ def run(
         str | None,
         typer.Option(help="Serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz."),
     ] = None,
+    router_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The router to read signals from (GET /polyserve/v1/state); without it, "
+            "autoscaled tiers hold their replica count."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
     log_json: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
 ) -> None:
@@ -65,7 +72,13 @@ def run(
     from polyserve.options import setup_logging
 
     setup_logging(log_level, log_json)
+    autoscaler = None
+    if router_url is not None:
+        from polyserve.operator.autoscaling import RouterAutoscaler, http_state
+
+        autoscaler = RouterAutoscaler(http_state(router_url))
     config = OperatorConfig(
+        autoscaler=autoscaler,
         interval_s=interval,
         namespaces=tuple(namespace or ()),
         kubeconfig=kubeconfig,

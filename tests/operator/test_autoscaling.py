@@ -1,0 +1,60 @@
+"""The operator's autoscaler: the decision core over the router's state, one decision per pass."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from polyserve.autoscale.signals import BackendState, RouterState, TierState
+from polyserve.operator.autoscaling import RouterAutoscaler
+from polyserve.operator.reconcile import TierObservation
+from polyserve.profile import load_profile
+from tests.operator.test_reconcile import spec
+
+
+def observation(desired: int) -> TierObservation:
+    s = spec(replicas={"min": 1, "max": 4, "fixed": None}, autoscaling={"enabled": True})
+    return TierObservation(
+        namespace="ns",
+        name="chat",
+        spec=s,
+        profile=load_profile("llama-3.1-8b-h100"),
+        replicas=desired,
+        ready_replicas=desired,
+        desired=desired,
+        pods=(),
+        last_scaling=None,
+        now=time.time(),
+    )
+
+
+def state(pending: int, oldest: float) -> RouterState:
+    return RouterState(
+        time=time.time(),
+        tiers=[
+            TierState(
+                name="chat", pending=pending, oldest_wait_s=oldest, arrivals_total=100, shed_total=0
+            )
+        ],
+        backends=[
+            BackendState(
+                name="chat-0", tier="chat", ready=True, draining=False, requests=8, idle_s=0.0
+            )
+        ],
+    )
+
+
+def test_pending_requests_at_the_router_scale_the_tier_up() -> None:
+    scaler = RouterAutoscaler(fetch=lambda: _const(state(pending=12, oldest=5.0)))
+    d = asyncio.run(scaler.decide(observation(1)))
+    assert d is not None and d.replicas > 1 and d.reason == "ScaleUpPending"
+
+
+def test_an_unreachable_router_holds_the_tier() -> None:
+    scaler = RouterAutoscaler(fetch=lambda: _const(None))
+    d = asyncio.run(scaler.decide(observation(2)))
+    assert d is not None and d.replicas == 2 and d.reason == "HoldStaleMetrics"
+
+
+async def _const(value: RouterState | None) -> RouterState | None:
+    return value
