@@ -108,8 +108,9 @@ class ServerObservation(_Wire):
     name: str
     ready: bool
     draining: bool = False
-    requests: Count = 0
-    idle_s: float = 0.0  # not validated here: the decision core holds on NaN or negative values
+    # not validated here: the decision core holds the tier on a negative or NaN value
+    requests: int = 0
+    idle_s: float = 0.0
 
 
 class Observation(_Wire):
