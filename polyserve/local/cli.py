@@ -17,7 +17,6 @@ import typer
 
 from polyserve.local.config import load_local_config
 from polyserve.local.up import READY_PREFIX, run_up
-from polyserve.mockengine import timing
 from polyserve.options import fail, setup_logging
 from polyserve.router.settings import ConfigError
 
@@ -48,7 +47,7 @@ def up(
         await run_up(cfg, stop, announce=lambda line: print(line, flush=True))
 
     try:
-        timing.run(main())
+        asyncio.run(main())  # the router needs no precise timers (the engines have their own)
     except (OSError, ValueError) as e:
         fail(str(e))
 

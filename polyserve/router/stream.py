@@ -4,6 +4,8 @@ The router forwards the backend's bytes untouched and reads them on the side: ea
 whose choice carries output (completion ``text``, chat ``delta.content`` or tool-call deltas) is one
 step's token; vLLM's chat role chunk, the usage-only chunk (``"choices": []``) and ``[DONE]`` are
 not. When the stream carries usage, its ``completion_tokens`` is the exact count at the end.
+Mid-stream chunks in vLLM's compact JSON are judged from their text (parsing every token's JSON
+was a third of the router's CPU); anything else is parsed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polyserve.mockengine.protocol import SSEDecoder
+
+
+def _fast_verdict(payload: str) -> bool | None:
+    """Whether a mid-stream chunk in vLLM's compact JSON carries output, read from its text
+    without parsing (the hot path: one call per token); None when it must be parsed (the last
+    chunk, usage, errors, tool calls, other servers' spacing)."""
+    if (
+        '"finish_reason":null' not in payload
+        or '"usage":{' in payload
+        or '"error"' in payload
+        or payload.count('"index":') != 1
+    ):
+        return None
+    if '"text":"' in payload:
+        return '"text":""' not in payload
+    if '"delta":{' in payload and '"tool_calls"' not in payload and '"reasoning' not in payload:
+        return '"content":"' in payload and '"content":""' not in payload
+    return None
 
 
 def _has_output(choice: dict[str, Any]) -> bool:
@@ -39,6 +59,10 @@ class StreamTally:
         for payload in self._decoder.feed(data):
             if payload.strip() == "[DONE]":
                 self.done = True
+                continue
+            fast = _fast_verdict(payload)
+            if fast is not None:
+                new += fast
                 continue
             try:
                 obj = json.loads(payload)

@@ -276,3 +276,41 @@ def test_fleet_spec_rejects_inconsistent_snapshots() -> None:
         FleetSpec(tiers=TIERS, backends=[*backends("t20"), *backends("t20")])
     with pytest.raises(ValueError, match="DNS-1123"):
         TierSpec(name="Gold Tier", model=M, tpot_ms=20, ttft_ms=300)
+
+
+def test_fast_path_agrees_with_parsing_on_vllm_chunks() -> None:
+    from polyserve.router.stream import _fast_verdict
+
+    compact = [
+        (
+            '{"id":"c","choices":[{"index":0,"delta":{"content":" hi"},"logprobs":null,"finish_reason":null}]}',
+            True,
+        ),
+        (
+            '{"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}',
+            False,
+        ),
+        (
+            '{"id":"c","choices":[{"index":0,"text":" a","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}',
+            True,
+        ),
+        (
+            '{"id":"c","choices":[{"index":0,"text":"","logprobs":null,"finish_reason":null}],"usage":null}',
+            False,
+        ),
+        (
+            '{"id":"c","choices":[{"index":0,"text":"\\"","logprobs":null,"finish_reason":null}],"usage":null}',
+            True,
+        ),
+    ]
+    for payload, has in compact:
+        assert _fast_verdict(payload) is has
+        t = StreamTally()
+        t.feed(b"data: " + payload.encode() + b"\n\n")
+        assert t.tokens == int(has)
+    for slow in (
+        '{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}',  # last chunk
+        '{"choices":[],"usage":{"completion_tokens":3}}',
+        '{"choices": [{"index": 0, "text": "spaced", "finish_reason": null}]}',
+    ):
+        assert _fast_verdict(slow) is None
