@@ -125,3 +125,18 @@ def test_static_partition_apportions_every_server() -> None:
     # one each, then 6 spare by share: 0.6/1.2/1.8/2.4 -> 0/1/1/2, the largest remainders (t2, t0) +1
     assert partition(10, [0.1, 0.2, 0.3, 0.4]) == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]
     assert len(partition(20, [1, 1, 1, 1])) == 20
+
+
+def test_first_token_check_counts_on_the_decodes_banked_slack() -> None:
+    """With slack-aware chunking the engine runs bigger prefill chunks while its decodes are ahead
+    of their deadlines; the first-token check predicts them (at ``PREDICT_SLACK_SHARE``)."""
+    fleet = build_fleet([(0, 40, 1000, 50, 0)])
+    s = fleet.servers[0]
+    s.chunk_budget_ms = 18.0  # dynamic chunking at 90% of the 20 ms TPOT
+    req = pending(0, 3000, 300.0, 0.0)
+    s.decode_slack_ms = 0.0
+    tight = can_take(s, req, 20.0, 0.0)
+    s.decode_slack_ms = 800.0
+    banked = can_take(s, req, 20.0, 0.0)
+    assert not tight.ok and tight.reason == "ttft"
+    assert banked.ok and banked.ttft_pred_ms < tight.ttft_pred_ms
