@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyserve.autoscale.cli import autoscale_app
 from polyserve.loadgen.cli import load
 from polyserve.local.cli import demo, up
 from polyserve.mockengine.cli import mock_engine
@@ -219,6 +220,7 @@ app.command("mock-engine")(mock_engine)
 app.add_typer(operator_app, name="operator")
 app.command("router")(router)
 app.command("load")(load)
+app.add_typer(autoscale_app, name="autoscale")
 app.command("up")(up)
 app.command("demo")(demo)
 

@@ -136,6 +136,11 @@ def test_hold_pending_blocks_a_drain() -> None:
 def test_shed_requests_count_as_waiting() -> None:
     o = obs(shed_rate=0.1, servers=servers(3, 0, idle=100))
     assert run(o, 2).reason is Reason.SCALE_UP_PENDING
+    # a shed below the tolerance is noise: neither growth nor a block on the release
+    quiet = obs(
+        shed_rate=0.01, arrival_rate=5, arrival_rate_prev=5, servers=servers(3, 0, idle=100)
+    )
+    assert run(quiet, 2).reason is Reason.SCALE_DOWN_DRAINED
     # a server is already starting: it will take them
     d = run(o, 3, memory=TierMemory(3, NOW - 5, NOW - 5))
     assert d.reason is Reason.HOLD_STARTING and d.desired == 3
@@ -279,7 +284,7 @@ def test_invariants(
     if d.desired < replicas:
         assert o is not None
         # never scale down a tier with pending requests, never drain a server with requests
-        assert o.pending == 0 and o.shed_rate == 0
+        assert o.pending == 0 and o.shed_rate <= cfg.shed_tolerance * o.arrival_rate
         by_name = {s.name: s for s in o.servers}
         assert all(by_name[n].requests == 0 for n in d.drain)
     # stale or unusable metrics always hold (inside the bounds)

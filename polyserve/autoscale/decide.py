@@ -14,7 +14,7 @@ servers to drain first, and a machine-readable :class:`Reason`. The rules, in or
 5. **scale up** to the larger of two targets:
 
    - *pending*: requests of the tier wait (the oldest at least ``scale_up_wait_s``) or were shed
-     in the last window, so there is nowhere to put them: add a server, unless servers already
+     in the last window (more than ``shed_tolerance`` of its arrivals), so there is nowhere to put them: add a server, unless servers already
      starting will take them (they are given ``startup_s`` + the up cooldown); the size of a surge
      is the predicted target's business;
    - *predicted* (``scale_ahead``): the arrival rate extrapolated one start-up time (plus a
@@ -225,9 +225,8 @@ def decide(
 
     ready = [s for s in servers if s.ready and not s.draining]
     starting = max(0, replicas - len(ready))
-    waiting = (
-        obs.pending > 0 and obs.oldest_wait_s >= settings.scale_up_wait_s
-    ) or obs.shed_rate > 0
+    shedding = obs.shed_rate > settings.shed_tolerance * obs.arrival_rate
+    waiting = (obs.pending > 0 and obs.oldest_wait_s >= settings.scale_up_wait_s) or shedding
 
     # ---------------------------------------------------------------- up
     pending_target = replicas
@@ -268,7 +267,7 @@ def decide(
         )
 
     # ---------------------------------------------------------------- down
-    if obs.pending > 0 or obs.shed_rate > 0:  # any waiting request blocks a release
+    if obs.pending > 0 or shedding:  # any waiting request blocks a release
         return done(
             replicas,
             Reason.HOLD_PENDING,

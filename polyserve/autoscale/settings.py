@@ -47,6 +47,14 @@ class AutoscaleSettings(BaseModel):
         allow_inf_nan=False,
         description="Scale up on pending requests only once the oldest has waited this long.",
     )
+    shed_tolerance: float = Field(
+        default=0.005,
+        ge=0.0,
+        le=0.5,
+        allow_inf_nan=False,
+        description="Requests shed for their deadline count as waiting (grow the tier, block a "
+        "release) only above this fraction of the tier's arrivals over the trend window.",
+    )
     scale_up_cooldown_s: float = Field(
         default=0.0,
         ge=0.0,
