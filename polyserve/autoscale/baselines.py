@@ -20,7 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from polyserve.autoscale.virtual import POOL, FleetSample, VirtualActuator, sample
+from polyserve.autoscale.pool import POOL
+from polyserve.autoscale.virtual import FleetSample, VirtualActuator, sample
 from polyserve.sim.fleet import FleetSim
 
 Metric = Literal["kv", "waiting"]

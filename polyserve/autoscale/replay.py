@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from polyserve.autoscale.baselines import HPABehavior, HPAScaler, Metric, StaticScaler
 from polyserve.autoscale.decide import Autoscaler, TierTarget
+from polyserve.autoscale.pool import POOL
 from polyserve.autoscale.settings import AutoscaleSettings
-from polyserve.autoscale.virtual import POOL, FleetSample, SimAutoscaler, VirtualActuator
+from polyserve.autoscale.virtual import FleetSample, SimAutoscaler, VirtualActuator
 from polyserve.policy import make_policy
 from polyserve.profile import Profile
 from polyserve.sim.fleet import FleetSim, Scaler, SimConfig, SimResult
@@ -137,6 +138,39 @@ def run_autoscaler(
     res, scaler = _run(replay, "polyserve", build, progress)
     assert isinstance(scaler, SimAutoscaler)
     return ReplayResult("polyserve + autoscaler", res, scaler.history, False, scaler.reasons)
+
+
+def run_autoscaler_pool(
+    replay: Replay,
+    settings: AutoscaleSettings,
+    max_servers: int = 200,
+    min_servers: int = 1,
+    progress: Progress | None = None,
+) -> ReplayResult:
+    """PolyServe routing on one pool of floating servers (the idle pool), scaled by the decision
+    core on the tiers' summed demand (``pool.py``)."""
+    caps = dict(zip((t.name for t in replay.tiers), replay.capacities(), strict=True))
+    init = sum(replay.initial_servers(settings.headroom))
+
+    def build(sim: FleetSim) -> tuple[Scaler, VirtualActuator]:
+        act = VirtualActuator(sim, settings.startup_s, pool=True)
+        act.provision(POOL, max(init, min_servers))
+        scaler = SimAutoscaler(
+            Autoscaler(
+                [TierTarget(POOL, min_servers, max_servers, 1.0)], default_settings=settings
+            ),
+            act,
+            settings.decision_interval_s,
+            settings.trend_window_s,
+            pool_capacities=caps,
+        )
+        return scaler, act
+
+    res, scaler = _run(replay, "polyserve", build, progress)
+    assert isinstance(scaler, SimAutoscaler)
+    return ReplayResult(
+        "polyserve + autoscaler, one pool", res, scaler.history, True, scaler.reasons
+    )
 
 
 def run_static(

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from polyserve.autoscale.actuators import apply
 from polyserve.autoscale.decide import Autoscaler, Decision
-from polyserve.autoscale.signals import BackendState, RouterState, TierState
+from polyserve.autoscale.pool import POOL, pool_observation
+from polyserve.autoscale.signals import BackendState, RouterState, ServerObservation, TierState
 from polyserve.autoscale.trend import StateReader
 from polyserve.policy.base import ServerView
 from polyserve.sim.fleet import FleetSim
 from polyserve.slo import TierSet
-
-#: The group name of a fleet whose servers are not pinned to tiers (one shared pool).
-POOL = "pool"
 
 
 def router_state(sim: FleetSim, now: float) -> RouterState:
@@ -139,6 +137,8 @@ class SimAutoscaler:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     decisions: list[Decision] = field(default_factory=list)
     keep_decisions: bool = False
+    #: per-tier capacities: scale one shared pool of floating servers (``pool.py``)
+    pool_capacities: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         self._reader = StateReader(self.window_s)
@@ -148,7 +148,21 @@ class SimAutoscaler:
         return self.actuator.sim.cfg.tiers
 
     def tick(self, now: float, sim: FleetSim) -> None:
-        observations = {o.tier: o for o in self._reader.read(router_state(sim, now))}
+        state = router_state(sim, now)
+        observations = {o.tier: o for o in self._reader.read(state)}
+        if self.pool_capacities is not None:
+            servers = [
+                ServerObservation(
+                    name=b.name,
+                    ready=b.ready,
+                    draining=b.draining,
+                    requests=b.requests,
+                    idle_s=b.idle_s,
+                )
+                for b in state.backends
+            ]
+            pooled = pool_observation(list(observations.values()), self.pool_capacities, servers)
+            observations = {POOL: pooled}
         replicas = {t.name: self.actuator.replicas(t.name) for t in self.autoscaler.targets}
         decisions = self.autoscaler.step(now, observations, replicas)
         for d in decisions:
