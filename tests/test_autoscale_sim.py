@@ -155,3 +155,28 @@ def test_hpa_recommendation_follows_the_kubernetes_rules() -> None:
     assert hpa_recommendation(2, 100.0, 0.5, b) == 6  # at most +4 (or x2) per sync
     assert hpa_recommendation(4, 0.0, 0.5, b) == 1
     assert hpa_recommendation(8, 100.0, 0.5, b) == 10
+
+
+def test_pool_observation_sums_the_tiers_in_servers_of_demand() -> None:
+    from polyserve.autoscale.pool import POOL, pool_observation
+    from polyserve.autoscale.signals import Observation, ServerObservation
+
+    obs = [
+        Observation(tier="fast", observed_at=10.0, pending=2, oldest_wait_s=0.3, arrival_rate=20.0),
+        Observation(tier="slow", observed_at=9.0, pending=1, oldest_wait_s=0.9, arrival_rate=30.0),
+    ]
+    srv = [ServerObservation(name="s0", ready=True)]
+    p = pool_observation(obs, {"fast": 10.0, "slow": 30.0}, srv)
+    assert p.tier == POOL and p.arrival_rate == pytest.approx(3.0)  # 2 + 1 servers of demand
+    assert (p.pending, p.oldest_wait_s, p.observed_at, p.servers) == (3, 0.9, 9.0, tuple(srv))
+
+
+def test_pool_mode_grows_and_shrinks_one_floating_fleet() -> None:
+    from polyserve.autoscale.replay import run_autoscaler_pool
+
+    arrivals = step_load(low=4.0, high=80.0, t_up=30.0, t_down=70.0, t_end=130.0)
+    replay = Replay(PROF, TIERS, arrivals, startup_s=SETTINGS.startup_s)
+    res = run_autoscaler_pool(replay, SETTINGS, max_servers=20, min_servers=1)
+    counts = [s.replicas[0] for s in res.history]
+    assert max(counts) > counts[0] + 1 and counts[-1] < max(counts)
+    assert res.attainment > 0.9
