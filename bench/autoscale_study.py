@@ -167,7 +167,7 @@ def study(
         + " | GPU-s / request | peak replicas |"
     )
     rows.append(header)
-    rows.append("|" + "---|" * (6 + len(PAPER_TIERS)))
+    rows.append("|" + "---|" * (5 + len(PAPER_TIERS)))
     ours = [("polyserve + autoscaler", mine)]
     if pooled is not None:
         ours.append(("polyserve + autoscaler, one pool", pooled))
