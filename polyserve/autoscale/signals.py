@@ -112,6 +112,16 @@ class ServerObservation(_Wire):
     requests: int = 0
     idle_s: float = 0.0
 
+    @classmethod
+    def of(cls, backend: BackendState) -> ServerObservation:
+        return cls(
+            name=backend.name,
+            ready=backend.ready,
+            draining=backend.draining,
+            requests=backend.requests,
+            idle_s=backend.idle_s,
+        )
+
 
 class Observation(_Wire):
     """One tier's signals at ``observed_at``, whatever source they came from.

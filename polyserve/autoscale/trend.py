@@ -76,15 +76,7 @@ class StateReader:
         for b in state.backends:
             if b.tier is None:
                 continue
-            servers.setdefault(b.tier, []).append(
-                ServerObservation(
-                    name=b.name,
-                    ready=b.ready,
-                    draining=b.draining,
-                    requests=b.requests,
-                    idle_s=b.idle_s,
-                )
-            )
+            servers.setdefault(b.tier, []).append(ServerObservation.of(b))
         out = []
         for t in state.tiers:
             arrivals = self._arrivals.setdefault(t.name, ArrivalTrend(self.window_s))

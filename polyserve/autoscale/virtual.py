@@ -151,16 +151,7 @@ class SimAutoscaler:
         state = router_state(sim, now)
         observations = {o.tier: o for o in self._reader.read(state)}
         if self.pool_capacities is not None:
-            servers = [
-                ServerObservation(
-                    name=b.name,
-                    ready=b.ready,
-                    draining=b.draining,
-                    requests=b.requests,
-                    idle_s=b.idle_s,
-                )
-                for b in state.backends
-            ]
+            servers = [ServerObservation.of(b) for b in state.backends]
             pooled = pool_observation(list(observations.values()), self.pool_capacities, servers)
             observations = {POOL: pooled}
         replicas = {t.name: self.actuator.replicas(t.name) for t in self.autoscaler.targets}
