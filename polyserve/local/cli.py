@@ -54,7 +54,7 @@ def up(
 
 def demo(
     duration: Annotated[float, typer.Option(help="Seconds of arrivals.")] = 120.0,
-    requests: Annotated[int, typer.Option(help="Requests to send.")] = 3000,
+    requests: Annotated[int, typer.Option(help="Requests to send.")] = 1800,
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("out/demo"),
 ) -> None:
     """Start the local fleet, replay the Azure conversation trace against it, report, stop."""

@@ -50,8 +50,8 @@ class EngineProcesses:
         self.start_timeout_s = start_timeout_s
         self.running: dict[str, EngineProcess] = {}
 
-    async def start(self, name: str, tier: str) -> EngineProcess:
-        """Start an engine and return once its ``/health`` answers 200."""
+    async def start(self, name: str, tier: str, args: tuple[str, ...] = ()) -> EngineProcess:
+        """Start an engine (``args``: more mock-engine flags) and return once ``/health`` is 200."""
         port = free_port_run(1)
         argv = [
             sys.executable,
@@ -63,7 +63,7 @@ class EngineProcesses:
             "--port",
             str(port),
         ]
-        argv += ["--profile", self.profile, "--log-level", "warning", *self.extra_args]
+        argv += ["--profile", self.profile, "--log-level", "warning", *self.extra_args, *args]
         proc = await asyncio.create_subprocess_exec(*argv, preexec_fn=_die_with_parent)
         engine = EngineProcess(name, tier, port, proc)
         self.running[name] = engine

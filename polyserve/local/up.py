@@ -16,6 +16,7 @@ from polyserve.autoscale.settings import AutoscaleSettings
 from polyserve.autoscale.trend import StateReader
 from polyserve.local.config import LocalConfig
 from polyserve.local.processes import EngineProcess, EngineProcesses
+from polyserve.policy.checks import step_budget_ms
 from polyserve.profile import load_profile, tier_capacity
 from polyserve.router.server import Router
 from polyserve.router.settings import RouterSettings
@@ -91,9 +92,16 @@ class LocalFleet:
         for name in list(drain)[: max(0, -delta)]:
             self._spawn(self.drain(name))
 
+    def chunk_budget_ms(self, tier: str) -> float:
+        """Each engine cuts its prefill chunks to its tier's step budget (PolyServe's dynamic
+        chunking, as the simulator runs it): a long prompt never stalls the tier's decodes."""
+        tpot = next(t.tpot_ms for t in self.cfg.tiers if t.name == tier)
+        return round(step_budget_ms(tpot), 3)
+
     async def add_engine(self, tier: str) -> EngineProcess:
         self._serial += 1
-        engine = await self.engines.start(f"{tier}-{self._serial}", tier)
+        budget = ("--chunk-budget-ms", str(self.chunk_budget_ms(tier)))
+        engine = await self.engines.start(f"{tier}-{self._serial}", tier, budget)
         self.ready.add(engine.name)
         self.sync()
         return engine

@@ -39,6 +39,12 @@ def mock_engine(
     kv_cache_tokens: Annotated[
         int | None, typer.Option(help="KV-cache capacity in tokens (overrides the profile).")
     ] = None,
+    chunk_budget_ms: Annotated[
+        float,
+        typer.Option(
+            help="PolyServe's dynamic chunking: cut prefill chunks so a step with decodes stays within MS (0: off, as stock vLLM)."
+        ),
+    ] = 0.0,
     startup_delay: Annotated[
         float, typer.Option(help="Seconds of 503 before ready.", rich_help_panel=_FAULTS)
     ] = 0.0,
@@ -73,6 +79,7 @@ def mock_engine(
             long_prefill_token_threshold=long_prefill_token_threshold,
             scheduling_policy=scheduling_policy,
             kv_cache_tokens=kv_cache_tokens,
+            chunk_budget_ms=chunk_budget_ms,
             startup_delay=startup_delay,
             crash_after_requests=crash_after_requests,
             crash_at=crash_at,

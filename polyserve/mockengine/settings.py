@@ -31,6 +31,9 @@ class MockEngineSettings(BaseModel):
     long_prefill_token_threshold: Annotated[int, Field(ge=0)] | None = None
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     kv_cache_tokens: PosInt | None = None
+    #: PolyServe's dynamic chunking (an engine extension; 0: stock vLLM's static token budget):
+    #: prefill chunks are cut so that a step with decodes stays within this many ms
+    chunk_budget_ms: NonNegFloat = 0.0
     # fault knobs (off by default)
     startup_delay: NonNegFloat = 0.0
     crash_after_requests: Annotated[int, Field(ge=0)] | None = None
@@ -62,6 +65,7 @@ class MockEngineSettings(BaseModel):
             max_model_len=self.max_model_len,
             long_prefill_token_threshold=self.long_prefill_token_threshold,
             scheduling_policy=self.scheduling_policy,
+            chunk_budget_ms=self.chunk_budget_ms,
         )
         if cfg.max_model_len > cfg.num_blocks * cfg.block_size:
             raise ValueError(

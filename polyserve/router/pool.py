@@ -133,6 +133,7 @@ class ModelPool:
             name=spec.name,
             profile=profile,
             max_batched_tokens=profile.max_num_batched_tokens,
+            chunk_budget_ms=spec.chunk_budget_ms,
             tier=tier,
             pinned=tier is not None,
             draining=spec.draining,

@@ -49,6 +49,9 @@ class BackendSpec(_Spec):
     priority: bool = False
     #: marked for removal: it gets no new requests and finishes what it has
     draining: bool = False
+    #: the engine runs PolyServe's dynamic chunking with this step budget (0: stock vLLM's static
+    #: token budget); the admission checks predict its prefill chunks with it
+    chunk_budget_ms: Annotated[float, Field(ge=0.0, le=60_000.0, allow_inf_nan=False)] = 0.0
 
 
 class FleetSpec(_Spec):
