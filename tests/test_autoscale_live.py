@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,6 @@ from aiohttp import ClientSession, web
 from prometheus_client import generate_latest
 
 from polyserve.autoscale.decide import Autoscaler, Reason, TierTarget
-from polyserve.autoscale.local import LocalActuator
 from polyserve.autoscale.loop import decide_once
 from polyserve.autoscale.metrics import AutoscalerMetrics
 from polyserve.autoscale.signals import (
@@ -29,7 +26,6 @@ from polyserve.autoscale.signals import (
     TierState,
 )
 from polyserve.autoscale.sources import PrometheusSource, RouterSource, SignalError
-from polyserve.router.spec import BackendSpec
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -196,43 +192,3 @@ def _healthy(url: str) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
-
-
-def test_local_actuator_starts_and_stops_mock_engines(tmp_path: Path) -> None:
-    snapshots: list[list[BackendSpec]] = []
-    act = LocalActuator({"chat": "m"}, lambda specs: snapshots.append(list(specs)), tmp_path)
-    try:
-        act.scale("chat", 1, (), 0.0)
-        (spec,) = snapshots[-1]
-        assert spec.tier == "chat" and spec.model == "m" and act.replicas("chat") == 1
-        deadline = time.monotonic() + 60.0
-        while not _healthy(spec.url):
-            assert time.monotonic() < deadline, (tmp_path / f"{spec.name}.log").read_text()
-            time.sleep(0.2)
-        # released by name (idle): stopped at once and gone from the snapshot
-        act.scale("chat", 0, (spec.name,), 1.0)
-        assert snapshots[-1] == [] and act.replicas("chat") == 0
-        assert not _healthy(spec.url)
-        # released without a name (a bound, say): draining until the router reports it empty
-        act.scale("chat", 1, (), 2.0)
-        act.scale("chat", 0, (), 3.0)
-        (draining,) = snapshots[-1]
-        assert draining.draining and act.replicas("chat") == 0
-        busy = RouterState(
-            time=4.0,
-            tiers=[],
-            backends=[
-                BackendState(
-                    name=draining.name, tier="chat", ready=True, draining=True, requests=2, idle_s=0
-                )
-            ],
-        )
-        assert act.reap(busy) == []
-        empty = busy.model_copy(
-            update={"backends": [busy.backends[0].model_copy(update={"requests": 0})]}
-        )
-        assert act.reap(empty) == [draining.name] and snapshots[-1] == []
-        with pytest.raises(ValueError, match="unknown tier"):
-            act.scale("batch", 1, (), 5.0)
-    finally:
-        act.close()

@@ -1,7 +1,7 @@
 """What carries a decision out: one small interface, one implementation per body.
 
 - :class:`~polyserve.autoscale.virtual.VirtualActuator`: the simulator's servers (start-up delay);
-- :class:`~polyserve.autoscale.local.LocalActuator`: mock-engine processes for ``polyserve up``;
+- :class:`~polyserve.local.up.LocalFleet`: mock-engine processes for ``polyserve up``;
 - Kubernetes: patches the SLOTier's ``spec.replicas`` through its scale subresource, after giving
   the servers in ``drain`` the lowest ``controller.kubernetes.io/pod-deletion-cost`` (the operator
   implements it against this Protocol).

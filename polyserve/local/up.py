@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from polyserve.autoscale.actuators import apply
 from polyserve.autoscale.decide import Autoscaler, TierTarget
+from polyserve.autoscale.loop import decide_once
 from polyserve.autoscale.settings import AutoscaleSettings
+from polyserve.autoscale.signals import Observation
+from polyserve.autoscale.sources import SignalError
 from polyserve.autoscale.trend import StateReader
 from polyserve.local.config import LocalConfig
 from polyserve.local.processes import EngineProcess, EngineProcesses
@@ -39,6 +41,20 @@ LOCAL_AUTOSCALE = AutoscaleSettings(
     scale_down_cooldown_s=10.0,
     trend_window_s=10.0,
 )
+
+
+class InProcessState:
+    """The autoscaler's signal source for the local fleet: the in-process router's state."""
+
+    def __init__(self, fleet: LocalFleet, window_s: float) -> None:
+        self.fleet = fleet
+        self.reader = StateReader(window_s)
+
+    async def observe(self) -> list[Observation]:
+        router = self.fleet.router
+        if router is None:
+            raise SignalError("the router is not running")
+        return self.reader.read(router_state(router.all_pools(), router.now(), time.time()))
 
 
 class LocalFleet:
@@ -149,21 +165,14 @@ class LocalFleet:
             for t in self.cfg.tiers
         ]
         scaler = Autoscaler(targets, default_settings=LOCAL_AUTOSCALE)
-        reader = StateReader(LOCAL_AUTOSCALE.trend_window_s)
-        assert self.router is not None
+        source = InProcessState(self, LOCAL_AUTOSCALE.trend_window_s)
         while True:
             await asyncio.sleep(LOCAL_AUTOSCALE.decision_interval_s)
-            wall = time.time()
-            state = router_state(self.router.all_pools(), self.router.now(), wall)
-            observations = {o.tier: o for o in reader.read(state)}
-            replicas = {t.name: self.replicas(t.name) for t in self.cfg.tiers}
-            decisions = scaler.step(wall, observations, replicas)
-            for d in decisions:
+            for d in await decide_once(source, scaler, self, time.time()):
                 if d.delta:
                     self.announce(
                         f"  autoscale {d.tier}: {d.replicas} -> {d.desired} ({d.reason}: {d.detail})"
                     )
-            apply(self, decisions, wall)
 
     async def start(self) -> Router:
         await asyncio.gather(

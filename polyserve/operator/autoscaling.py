@@ -1,10 +1,9 @@
 """The operator's autoscaler: the decision core (``polyserve.autoscale.decide``) fed by the
 router's state (``GET /polyserve/v1/state``), one decision per SLOTier pass.
 
-The router's snapshot is fetched at most once per ``refresh_s`` and shared by every tier's pass;
-each new snapshot goes through one ``StateReader`` (counters to arrival rates). A router that
-cannot be reached gives no observation, and the decision core holds the tier with
-``hold_stale_metrics``. Backend names are pod names (the Kubernetes discovery names them so), so
+The router's snapshot is read (``autoscale.sources.RouterSource``) at most once per ``refresh_s``
+and shared by every tier's pass. A router that cannot be read gives no observation, and the
+decision core holds the tier with ``hold_stale_metrics``. Backend names are pod names (the Kubernetes discovery names them so), so
 the core's drain order names the pods the operator drains first.
 """
 
@@ -13,23 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from functools import cache
 
 import aiohttp
 import numpy as np
-from pydantic import ValidationError
 
 from polyserve.autoscale.decide import TierMemory, TierTarget, decide
-from polyserve.autoscale.signals import STATE_PATH, Observation, RouterState
-from polyserve.autoscale.trend import StateReader
+from polyserve.autoscale.signals import Observation
+from polyserve.autoscale.sources import RouterSource, SignalError, SignalSource
 from polyserve.operator.reconcile import ScalingDecision, TierObservation
 from polyserve.profile import Profile, tier_capacity
 from polyserve.sim.workload import shapes_for
 
 log = logging.getLogger(__name__)
-
-StateFetcher = Callable[[], Awaitable[RouterState | None]]
 
 
 @cache
@@ -54,34 +49,31 @@ def capacity_rps(profile: Profile, tpot_ms: float) -> float:
     return _CAPACITY[key]
 
 
-def http_state(router_url: str, timeout_s: float = 2.0) -> StateFetcher:
-    """Read the router's state over HTTP; None when it cannot be read (the tiers then hold)."""
-    url = router_url.rstrip("/") + STATE_PATH
+class _OnOperatorLoop:
+    """``RouterSource`` with its HTTP session opened on first use, on the operator's loop."""
 
-    async def fetch() -> RouterState | None:
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp,
-            ):
-                if resp.status != 200:
-                    log.warning("router state: %s answered %d", url, resp.status)
-                    return None
-                return RouterState.model_validate(await resp.json())
-        except (aiohttp.ClientError, TimeoutError, ValueError, ValidationError) as e:
-            log.warning("router state: cannot read %s: %s", url, e)
-            return None
+    def __init__(self, router_url: str, trend_window_s: float) -> None:
+        self.router_url, self.trend_window_s = router_url, trend_window_s
+        self._source: RouterSource | None = None
 
-    return fetch
+    async def observe(self) -> list[Observation]:
+        if self._source is None:
+            session = aiohttp.ClientSession()
+            self._source = RouterSource(self.router_url, self.trend_window_s, session)
+        return await self._source.observe()
+
+
+def router_source(router_url: str, trend_window_s: float = 60.0) -> SignalSource:
+    """The router's state over HTTP (``autoscale.sources.RouterSource``)."""
+    return _OnOperatorLoop(router_url, trend_window_s)
 
 
 class RouterAutoscaler:
     """Implements the operator's ``Autoscaler`` seam."""
 
-    def __init__(self, fetch: StateFetcher, refresh_s: float = 2.0, trend_window_s: float = 60.0):
-        self._fetch = fetch
+    def __init__(self, source: SignalSource, refresh_s: float = 2.0):
+        self._source = source
         self.refresh_s = refresh_s
-        self._reader = StateReader(trend_window_s)
         self._observations: dict[str, Observation] = {}
         self._fetched_at = -float("inf")
         self._lock = asyncio.Lock()
@@ -92,9 +84,11 @@ class RouterAutoscaler:
             if time.monotonic() - self._fetched_at < self.refresh_s:
                 return
             self._fetched_at = time.monotonic()
-            state = await self._fetch()
-            if state is not None:
-                self._observations = {o.tier: o for o in self._reader.read(state)}
+            try:
+                self._observations = {o.tier: o for o in await self._source.observe()}
+            except SignalError as e:  # no signals: every tier holds (hold_stale_metrics)
+                log.warning("router signals: %s", e)
+                self._observations = {}
 
     async def decide(self, tier: TierObservation) -> ScalingDecision | None:
         await self._refresh()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from polyserve.autoscale.signals import BackendState, RouterState, TierState
+from polyserve.autoscale.signals import BackendState, Observation, RouterState, TierState
+from polyserve.autoscale.sources import SignalError
+from polyserve.autoscale.trend import StateReader
 from polyserve.operator.autoscaling import RouterAutoscaler
 from polyserve.operator.reconcile import TierObservation
 from polyserve.profile import load_profile
@@ -45,16 +47,25 @@ def state(pending: int, oldest: float) -> RouterState:
 
 
 def test_pending_requests_at_the_router_scale_the_tier_up() -> None:
-    scaler = RouterAutoscaler(fetch=lambda: _const(state(pending=12, oldest=5.0)))
+    scaler = RouterAutoscaler(Fixed(state(pending=12, oldest=5.0)))
     d = asyncio.run(scaler.decide(observation(1)))
     assert d is not None and d.replicas > 1 and d.reason == "ScaleUpPending"
 
 
 def test_an_unreachable_router_holds_the_tier() -> None:
-    scaler = RouterAutoscaler(fetch=lambda: _const(None))
+    scaler = RouterAutoscaler(Fixed(None))
     d = asyncio.run(scaler.decide(observation(2)))
     assert d is not None and d.replicas == 2 and d.reason == "HoldStaleMetrics"
 
 
-async def _const(value: RouterState | None) -> RouterState | None:
-    return value
+class Fixed:
+    """A signal source that always reads the same router state (None: the router is down)."""
+
+    def __init__(self, state: RouterState | None) -> None:
+        self.state = state
+        self.reader = StateReader(60.0)
+
+    async def observe(self) -> list[Observation]:
+        if self.state is None:
+            raise SignalError("connection refused")
+        return self.reader.read(self.state)
