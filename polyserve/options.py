@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 import sys
 import time
 from typing import Any, NoReturn
@@ -60,3 +62,12 @@ def setup_logging(log_level: str, as_json: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(FieldsFormatter(as_json))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets (call it inside the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -17,7 +17,7 @@ import typer
 
 from polyserve.local.config import load_local_config
 from polyserve.local.up import READY_PREFIX, run_up
-from polyserve.options import fail, setup_logging
+from polyserve.options import fail, setup_logging, stop_on_signals
 from polyserve.router.settings import ConfigError
 
 
@@ -40,10 +40,7 @@ def up(
         cfg = cfg.model_copy(update={"port": port})
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await run_up(cfg, stop, announce=lambda line: print(line, flush=True))
 
     try:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from typing import Annotated
 
 import typer
@@ -12,7 +10,7 @@ from pydantic import ValidationError
 
 from polyserve.mockengine import timing
 from polyserve.mockengine.settings import DEFAULT_PROFILE, MockEngineSettings
-from polyserve.options import fail, invalid_options, setup_logging
+from polyserve.options import fail, invalid_options, setup_logging, stop_on_signals
 
 _FAULTS = "Fault injection (tests)"
 
@@ -101,10 +99,7 @@ def mock_engine(
 async def _main(settings: MockEngineSettings) -> int:
     from polyserve.mockengine.server import serve  # aiohttp only when serving
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     code = await serve(settings, stop=stop)
     if code:
         logging.getLogger("polyserve.mockengine").error("every engine has crashed")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -12,7 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from polyserve.mockengine.settings import DEFAULT_PROFILE
-from polyserve.options import fail, invalid_options, setup_logging
+from polyserve.options import fail, invalid_options, setup_logging, stop_on_signals
 from polyserve.policy.dispatch import DEADLINE_MISS_CHOICES
 from polyserve.profile import ProfileError, load_profile
 from polyserve.router.auth import KeyRing, load_keys
@@ -191,10 +190,7 @@ async def _serve(
             ) from None
     assert spec is not None
     r = Router(settings, spec, keyring, source=source)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await r.start()
     print(f"polyserve router listening on {r.url}", flush=True)
     try:
