@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import itertools
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from polyserve.devcluster.procs import exit_with_parent  # noqa: E402
 from polyserve.engine import Engine, Request  # noqa: E402
 from polyserve.mockengine.testing import free_port_run  # noqa: E402
 from polyserve.profile import Profile, load_profile  # noqa: E402
@@ -54,12 +52,6 @@ class Sample:
 # ------------------------------------------------------------------ the mock process
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the bench process dies (even by SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class ChildProcess:
     """A server in a child process, ready once every URL answers ``/health``; its log and CPU.
 
@@ -72,7 +64,7 @@ class ChildProcess:
         self._output: str | None = None
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=exit_with_parent
         )
         try:
             deadline = time.monotonic() + 30

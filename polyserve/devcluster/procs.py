@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["ManagedProcess", "free_port", "stop_all"]
+__all__ = ["ManagedProcess", "exit_with_parent", "free_port", "stop_all"]
 
 _PR_SET_PDEATHSIG = 1
 _live: set[ManagedProcess] = set()
@@ -41,7 +41,8 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def exit_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` for a child the kernel kills when its parent thread ends (Linux)."""
     if not sys.platform.startswith("linux"):
         return
     libc_name = ctypes.util.find_library("c")
@@ -89,7 +90,7 @@ class ManagedProcess:
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent else None,
+                preexec_fn=exit_with_parent if die_with_parent else None,
             )
         except BaseException:
             self._log.close()

@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import signal
 import sys
 import time
 from dataclasses import dataclass
 
 import aiohttp
 
-from polyserve.mockengine.testing import free_port_run
+from polyserve.devcluster.procs import exit_with_parent, free_port
 
 HOST = "127.0.0.1"
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -52,7 +44,7 @@ class EngineProcesses:
 
     async def start(self, name: str, tier: str, args: tuple[str, ...] = ()) -> EngineProcess:
         """Start an engine (``args``: more mock-engine flags) and return once ``/health`` is 200."""
-        port = free_port_run(1)
+        port = free_port()
         argv = [
             sys.executable,
             "-m",
@@ -64,7 +56,7 @@ class EngineProcesses:
             str(port),
         ]
         argv += ["--profile", self.profile, "--log-level", "warning", *self.extra_args, *args]
-        proc = await asyncio.create_subprocess_exec(*argv, preexec_fn=_die_with_parent)
+        proc = await asyncio.create_subprocess_exec(*argv, preexec_fn=exit_with_parent)
         engine = EngineProcess(name, tier, port, proc)
         self.running[name] = engine
         try:

@@ -8,8 +8,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import numpy as np
-
+from polyserve.autoscale.capacity import typical_capacity_rps
 from polyserve.autoscale.decide import Autoscaler, TierTarget
 from polyserve.autoscale.loop import decide_once
 from polyserve.autoscale.settings import AutoscaleSettings
@@ -19,12 +18,11 @@ from polyserve.autoscale.trend import StateReader
 from polyserve.local.config import LocalConfig
 from polyserve.local.processes import EngineProcess, EngineProcesses
 from polyserve.policy.checks import step_budget_ms
-from polyserve.profile import load_profile, tier_capacity
+from polyserve.profile import load_profile
 from polyserve.router.server import Router
 from polyserve.router.settings import RouterSettings
 from polyserve.router.spec import BackendSpec, FleetSpec
 from polyserve.router.state import router_state
-from polyserve.sim.workload import shapes_for
 
 log = logging.getLogger("polyserve.local")
 
@@ -155,13 +153,8 @@ class LocalFleet:
 
     async def autoscale(self) -> None:
         """Every interval: the router's state -> the decision core -> start or drain engines."""
-        lengths = shapes_for("azure-conv", None, 0)  # a typical mix of lengths for the capacity
-        prompts = np.array([s.prompt_tokens for s in lengths])
-        outputs = np.array([s.output_tokens for s in lengths])
         targets = [
-            TierTarget(
-                t.name, t.min, t.max, tier_capacity(self.profile, t.tpot_ms, prompts, outputs)
-            )
+            TierTarget(t.name, t.min, t.max, typical_capacity_rps(self.profile, t.tpot_ms))
             for t in self.cfg.tiers
         ]
         scaler = Autoscaler(targets, default_settings=LOCAL_AUTOSCALE)

@@ -12,41 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import cache
 
 import aiohttp
-import numpy as np
 
+from polyserve.autoscale.capacity import typical_capacity_rps
 from polyserve.autoscale.decide import TierMemory, TierTarget, decide
 from polyserve.autoscale.signals import Observation
 from polyserve.autoscale.sources import RouterSource, SignalError, SignalSource
 from polyserve.operator.reconcile import ScalingDecision, TierObservation
-from polyserve.profile import Profile, tier_capacity
-from polyserve.sim.workload import shapes_for
 
 log = logging.getLogger(__name__)
-
-
-@cache
-def _typical_lengths() -> tuple[np.ndarray, np.ndarray]:
-    """Request lengths for the per-server capacity: the Azure conversation trace's."""
-    shapes = shapes_for("azure-conv", None, 0)
-    return (
-        np.array([s.prompt_tokens for s in shapes]),
-        np.array([s.output_tokens for s in shapes]),
-    )
-
-
-_CAPACITY: dict[tuple[str, float], float] = {}
-
-
-def capacity_rps(profile: Profile, tpot_ms: float) -> float:
-    """One server's fluid capacity at the TPOT (req/s), computed once per profile and TPOT."""
-    key = (profile.name, tpot_ms)
-    if key not in _CAPACITY:
-        prompts, outputs = _typical_lengths()
-        _CAPACITY[key] = tier_capacity(profile, tpot_ms, prompts, outputs)
-    return _CAPACITY[key]
 
 
 class _OnOperatorLoop:
@@ -97,7 +72,7 @@ class RouterAutoscaler:
             tier.name,
             spec.replicas.min,
             spec.replicas.max,
-            capacity_rps(tier.profile, spec.tpot_ms),
+            typical_capacity_rps(tier.profile, spec.tpot_ms),
         )
         key = (tier.namespace, tier.name)
         d = decide(

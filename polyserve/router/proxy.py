@@ -58,6 +58,17 @@ def _served_by(a: Attempt) -> dict[str, str]:
     return {BACKEND_HEADER: a.ticket.backend or "", TIER_HEADER: a.ticket.tier.name}
 
 
+def backend_body(client_body: dict[str, Any], priority: int | None) -> dict[str, Any]:
+    """What a backend is sent: the client's body with ``priority`` owned by the router. It is the
+    tier index (vLLM runs lower values first; tier 0 is the tightest) for backends running
+    ``--scheduling-policy priority`` (``priority`` not None), and absent elsewhere (vLLM refuses
+    it there), whatever the client asked."""
+    out = {k: v for k, v in client_body.items() if k != "priority"}
+    if priority is not None:
+        out["priority"] = priority
+    return out
+
+
 def _error_event(message: str) -> bytes:
     return proto.sse_event(proto.error_payload(message, 502)) + proto.SSE_DONE
 
@@ -65,9 +76,7 @@ def _error_event(message: str) -> bytes:
 async def forward(a: Attempt) -> Result:
     router, pool, ticket = a.router, a.pool, a.ticket
     backend = pool.backends[ticket.backend or ""]
-    body = dict(a.payload)
-    if backend.spec.priority:
-        body["priority"] = ticket.pending.tier  # vLLM: lower runs first; tier 0 is the tightest
+    body = backend_body(a.payload, ticket.pending.tier if backend.spec.priority else None)
     settings = router.settings
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s

@@ -149,6 +149,10 @@ class Router:
     def _settle(self, ticket: Ticket, reason: str) -> None:
         ticket.state = "rejected"
         ticket.reason = reason
+        self._wake(ticket)
+
+    def _wake(self, ticket: Ticket) -> None:
+        """The ticket was settled (placed or refused): its handler goes on."""
         fut = self._waiters.get(ticket)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -158,9 +162,7 @@ class Router:
         now = self.now()
         for p in [pool] if pool is not None else list(self.pools.values()):
             for ticket in p.dispatch(now, tier):
-                fut = self._waiters.get(ticket)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+                self._wake(ticket)
         self._arm_deadline_timer(now)
 
     def _arm_deadline_timer(self, now: float) -> None:
@@ -452,7 +454,6 @@ class Router:
         ticket = pool.new_ticket(rid, choice.tier, choice.ttft_ms, prompt_tokens, max_tokens, now)
         if self.settings.log_prompts:
             ticket.prompt = _prompt_text(parsed)
-        payload = self._backend_body(body)
         stream = bool(parsed.stream)
         outcome = "client_error"
         try:
@@ -460,7 +461,7 @@ class Router:
                 raise Refused(
                     429, "The router's queue is full; retry later.", "queue_full", retry=True
                 )
-            attempt = Attempt(self, pool, ticket, request, payload, stream, kind)
+            attempt = Attempt(self, pool, ticket, request, body, stream, kind)
             while True:
                 await self._place(pool, ticket)
                 result = await forward(attempt)
@@ -502,13 +503,6 @@ class Router:
         if isinstance(prompt, str):
             return tokenizer.completion_prompt_tokens(prompt, parsed.add_special_tokens)
         return len(prompt)
-
-    @staticmethod
-    def _backend_body(body: dict[str, Any]) -> dict[str, Any]:
-        """The body sent on: the client's, less ``priority`` (the router sets it per backend)."""
-        out = dict(body)
-        out.pop("priority", None)
-        return out
 
     async def _place(self, pool: ModelPool, ticket: Ticket) -> None:
         """Queue the ticket and wait until the policy places it (or it is refused)."""

@@ -314,3 +314,12 @@ def test_fast_path_agrees_with_parsing_on_vllm_chunks() -> None:
         '{"choices": [{"index": 0, "text": "spaced", "finish_reason": null}]}',
     ):
         assert _fast_verdict(slow) is None
+
+
+def test_the_router_owns_the_priority_field() -> None:
+    from polyserve.router.proxy import backend_body
+
+    client = {"model": M, "prompt": "x", "priority": -100}
+    assert backend_body(client, priority=None) == {"model": M, "prompt": "x"}
+    assert backend_body(client, priority=2) == {"model": M, "prompt": "x", "priority": 2}
+    assert client["priority"] == -100  # the client's body is not changed
