@@ -61,6 +61,14 @@ def mock_engine(
     refuse_connections: Annotated[
         bool, typer.Option(help="Never open the listening socket.", rich_help_panel=_FAULTS)
     ] = False,
+    metrics_garbage: Annotated[
+        bool,
+        typer.Option(help="Answer /metrics with non-Prometheus bytes.", rich_help_panel=_FAULTS),
+    ] = False,
+    metrics_hang: Annotated[
+        bool,
+        typer.Option(help="Start the /metrics answer, never finish it.", rich_help_panel=_FAULTS),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """A vLLM-compatible CPU mock engine: vLLM's API and metrics, timed by the engine model."""
@@ -83,6 +91,8 @@ def mock_engine(
             crash_at=crash_at,
             slowdown=slowdown,
             refuse_connections=refuse_connections,
+            metrics_garbage=metrics_garbage,
+            metrics_hang=metrics_hang,
         )
     except ValidationError as exc:
         invalid_options(exc)

@@ -34,6 +34,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Kind = Literal["chat", "completion"]
 REQUEST_ID = web.RequestKey("request_id", str)
 
+#: What ``--metrics-garbage`` serves: binary noise and lines that look like the load gauges but
+#: do not parse (no value, NaN, negative, a broken label set), and no valid sample at all.
+GARBAGE_METRICS = (
+    bytes(range(256)) * 64
+    + b"\nvllm:num_requests_running\n"
+    + b'vllm:num_requests_running{model_name="x" NaN\n'
+    + b"vllm:num_requests_waiting -5\n"
+    + b'vllm:kv_cache_usage_perc{engine="0"} inf\n'
+    + b'vllm:num_requests_running{engine="0"} not-a-number\n'
+    + b"<html><body>502 Bad Gateway</body></html>\n"
+)
+
 
 def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=proto.dumps(obj), status=status, content_type=proto.JSON_CONTENT_TYPE)
@@ -85,6 +97,7 @@ class EngineServer:
         self._site: web.SockSite | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._crash_timer: asyncio.TimerHandle | None = None
+        self._closing = asyncio.Event()  # set on close: ends what --metrics-hang holds open
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -157,6 +170,7 @@ class EngineServer:
         """Shut down (in-flight streams are cut)."""
         if self._crash_timer is not None:
             self._crash_timer.cancel()
+        self._closing.set()
         log.info("engine %d: %s", self.index, self.runner.lateness.summary())
         await self.runner.stop()
         if self._app_runner is not None:
@@ -213,8 +227,16 @@ class EngineServer:
             )
         )
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
         body, content_type = self.metrics.exposition(request.headers.get("Accept"))
+        if self.settings.metrics_garbage:
+            return web.Response(body=GARBAGE_METRICS, headers={"Content-Type": content_type})
+        if self.settings.metrics_hang:  # a wedged exporter: a partial page, then silence
+            resp = web.StreamResponse(headers={"Content-Type": content_type})
+            await resp.prepare(request)
+            await resp.write(body[: len(body) // 2])
+            await self._closing.wait()
+            return resp
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _tokenize(self, request: web.Request) -> web.Response:

@@ -40,6 +40,10 @@ class MockEngineSettings(BaseModel):
     crash_at: NonNegFloat | None = None
     slowdown: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
     refuse_connections: bool = False
+    #: ``/metrics`` answers 200 with bytes that are no Prometheus page
+    metrics_garbage: bool = False
+    #: ``/metrics`` sends its headers and part of the page, then never finishes
+    metrics_hang: bool = False
 
     @model_validator(mode="after")
     def _ports_fit(self) -> MockEngineSettings:

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from polyserve.cli import app
 from polyserve.mockengine import MockEngineSettings, MockEngineThread
 from polyserve.mockengine.testing import free_port_run
+from polyserve.router.engine_metrics import parse_engine_load
 from tests.mockengine.conftest import MODEL, STEP_MS, client, fast_profile, metric, raw, wait_until
 
 
@@ -72,6 +73,30 @@ def test_crash_at_and_refuse_connections(start_mock: Callable[..., MockEngineThr
     port = free_port_run(1)
     refusing = start_mock(port=port, refuse_connections=True)
     assert _refused(refusing.urls[0])
+
+
+def test_metrics_garbage_and_hang_knobs(start_mock: Callable[..., MockEngineThread]) -> None:
+    assert not MockEngineSettings().metrics_garbage and not MockEngineSettings().metrics_hang
+    garbage = start_mock(metrics_garbage=True).urls[0]
+    status, _, body = raw(garbage, "GET", "/metrics")
+    assert status == 200 and parse_engine_load(body.decode(errors="replace")) is None
+    assert b"# TYPE" not in body
+    # generation is unaffected
+    assert raw(garbage, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200
+
+    hang = start_mock(metrics_hang=True).urls[0]
+    parts = urlsplit(hang)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=0.5)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()  # the headers come ...
+        assert resp.status == 200
+        with pytest.raises(TimeoutError):  # ... the end of the page never does
+            resp.read()
+    finally:
+        conn.close()
+    assert raw(hang, "GET", "/health")[0] == 200
+    assert raw(hang, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200
 
 
 def test_replicas_on_consecutive_ports_with_own_state(
