@@ -5,7 +5,12 @@ heads in order and yields one decision per request it settles: a placement, or `
 head that can no longer meet its TTFT even on an idle server (``PendingRequest.hopeless``) is handled
 per its tier's ``DeadlineMiss``: ``reject`` (a 429 at the router), ``degrade`` (the policy's
 ``degrade`` places it where it hurts nobody's TPOT), or ``wait``. A head the policy cannot place
-blocks its tier (FIFO), not the other tiers.
+blocks its tier, not the other tiers, except for a bounded backfill: the next ``lookahead`` requests
+of that tier are offered to the policy, and those it places go ahead of the head. A long prompt with
+a tight TTFT that fits nowhere right now would otherwise hold back short requests that fit (measured
+in the simulator: attainment 0.908 -> 0.933 on the Azure conversation trace, see the README). The
+head is still tried first on every pass, and its own deadline bounds how long it can be passed
+over; ``lookahead=0`` is the paper's strict FIFO.
 
 Policies that do not queue (the load balancers) place every request at once while any server is
 available; they never shed for deadlines (an engine-side queue is what they model).
@@ -16,6 +21,7 @@ the generator reads the fleet state that the previous admission changed.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, Literal, TypeVar
@@ -27,6 +33,9 @@ DEADLINE_MISS_CHOICES: tuple[DeadlineMiss, ...] = ("reject", "degrade", "wait")
 
 T = TypeVar("T")
 
+#: how many requests behind a blocked head the dispatcher offers to the policy (0: strict FIFO)
+DEFAULT_LOOKAHEAD = 4
+
 
 class TierQueues(Generic[T]):
     """One FIFO per tier of items (the body's request records) carrying a ``PendingRequest``."""
@@ -35,7 +44,11 @@ class TierQueues(Generic[T]):
         self,
         on_deadline_miss: Sequence[DeadlineMiss],
         pending_of: Callable[[T], PendingRequest],
+        lookahead: int = DEFAULT_LOOKAHEAD,
     ) -> None:
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead}")
+        self.lookahead = lookahead
         for miss in on_deadline_miss:
             if miss not in DEADLINE_MISS_CHOICES:
                 raise ValueError(f"unknown deadline-miss handling {miss!r}")
@@ -91,8 +104,26 @@ class TierQueues(Generic[T]):
                 else:
                     placement = policy.place(req, fleet, now)
                 if placement is None:
+                    if policy.queues:
+                        yield from self._backfill(q, policy, fleet, now)
                     break
                 q.popleft()
+                yield item, placement
+
+    def _backfill(
+        self, q: deque[T], policy: Policy, fleet: FleetView, now: float
+    ) -> Iterator[tuple[T, Placement | None]]:
+        """Place what the policy accepts among the ``lookahead`` requests behind a blocked head.
+
+        A hopeless one is left where it is: its tier's deadline rule applies when it is the head.
+        """
+        for item in list(itertools.islice(q, 1, 1 + self.lookahead)):
+            req = self._pending_of(item)
+            if req.hopeless(now):
+                continue
+            placement = policy.place(req, fleet, now)
+            if placement is not None:
+                q.remove(item)
                 yield item, placement
 
 

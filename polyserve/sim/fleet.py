@@ -34,6 +34,7 @@ from polyserve.policy.base import FleetView, PendingRequest, Placement, Policy, 
 from polyserve.policy.checks import ideal_ttft_ms, step_budget_ms
 from polyserve.policy.dispatch import (
     DEADLINE_MISS_CHOICES,
+    DEFAULT_LOOKAHEAD,
     DeadlineMiss,
     TierQueues,
     claim,
@@ -58,6 +59,8 @@ class SimConfig:
     static_chunk: int = 512
     on_deadline_miss: DeadlineMiss = "reject"
     output_prior: float = 256.0
+    #: requests behind a blocked head offered to the policy (0: strict FIFO; see policy.dispatch)
+    lookahead: int = DEFAULT_LOOKAHEAD
 
     def __post_init__(self) -> None:
         if self.n_servers < 0:
@@ -144,7 +147,9 @@ class FleetSim:
         self.fleet = FleetView(config.tiers, [s.view for s in self.servers])
         self.estimator = OutputLengthEstimator(len(config.tiers), prior=config.output_prior)
         self.queues: TierQueues[_Live] = TierQueues(
-            [config.on_deadline_miss] * len(config.tiers), lambda live: live.pending
+            [config.on_deadline_miss] * len(config.tiers),
+            lambda live: live.pending,
+            lookahead=config.lookahead,
         )
         self.outcomes: list[RequestOutcome] = []
         self._events: list[tuple[float, int, int]] = []  # (time, seq, server index)
