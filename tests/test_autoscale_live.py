@@ -117,6 +117,8 @@ def test_prometheus_source_runs_the_documented_promql() -> None:
         "rate": [({"tier": "chat"}, 12.5), ({"tier": "batch"}, 1.0)],
         "rate_prev": [({"tier": "chat"}, 10.0)],
         "shed_rate": [],
+        "measured_rate": [({"tier": "chat"}, 10.0)],
+        "attained_rate": [({"tier": "chat"}, 9.0)],
         "ready": [({"tier": "chat", "backend": "b1"}, 1), ({"tier": "chat", "backend": "b0"}, 0)],
         "draining": [({"tier": "chat", "backend": "b1"}, 0)],
         "requests": [({"tier": "chat", "backend": "b1"}, 7)],
@@ -150,6 +152,7 @@ def test_prometheus_source_runs_the_documented_promql() -> None:
         10.0,
     )
     assert chat.observed_at == t
+    assert chat.attainment == 0.9 and batch.attainment is None
     assert [(s.name, s.ready, s.requests) for s in chat.servers] == [
         ("b0", False, -1),
         ("b1", True, 7),

@@ -14,6 +14,7 @@ treated as a reset). Times are seconds; the snapshot's ``time`` is the router's 
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +42,14 @@ class TierState(_Wire):
     shed_total: Count = Field(
         description="Requests of the tier refused because no server could meet their deadline "
         "in time (429s, counter)."
+    )
+    measured_total: Count = Field(
+        default=0,
+        description="Requests of the tier that ended and were judged against its deadlines "
+        "(counter).",
+    )
+    attained_total: Count = Field(
+        default=0, description="Of those, the requests that met every deadline (counter)."
     )
 
 
@@ -78,6 +87,8 @@ METRICS: dict[str, str] = {
     "polyserve_router_oldest_pending_seconds": "gauge [tier]: TierState.oldest_wait_s",
     "polyserve_router_requests_total": "counter [tier]: TierState.arrivals_total",
     "polyserve_router_shed_total": "counter [tier]: TierState.shed_total",
+    "polyserve_router_slo_measured_total": "counter [tier]: TierState.measured_total",
+    "polyserve_router_slo_attained_total": "counter [tier]: TierState.attained_total",
     "polyserve_router_backend_ready": "gauge 0/1 [backend, tier]: BackendState.ready",
     "polyserve_router_backend_draining": "gauge 0/1 [backend, tier]: BackendState.draining",
     "polyserve_router_backend_requests": "gauge [backend, tier]: BackendState.requests",
@@ -92,6 +103,8 @@ PROMQL: dict[str, str] = {
     "rate": "sum by (tier) (rate(polyserve_router_requests_total[{w}s]))",
     "rate_prev": "sum by (tier) (rate(polyserve_router_requests_total[{w}s] offset {w}s))",
     "shed_rate": "sum by (tier) (rate(polyserve_router_shed_total[{w}s]))",
+    "measured_rate": "sum by (tier) (rate(polyserve_router_slo_measured_total[{w}s]))",
+    "attained_rate": "sum by (tier) (rate(polyserve_router_slo_attained_total[{w}s]))",
     "ready": "max by (backend, tier) (polyserve_router_backend_ready)",
     "draining": "max by (backend, tier) (polyserve_router_backend_draining)",
     "requests": "max by (backend, tier) (polyserve_router_backend_requests)",
@@ -137,4 +150,19 @@ class Observation(_Wire):
     arrival_rate: float = 0.0  # req/s over the last trend window
     arrival_rate_prev: float = 0.0  # req/s over the window before it
     shed_rate: float = 0.0  # req/s refused for their deadline over the last window
+    #: the share of the tier's requests over the last window that met every deadline (shed ones
+    #: did not; None: none ended); reported in the SLOTier's status, not a scaling input
+    attainment: float | None = None
     servers: tuple[ServerObservation, ...] = ()
+
+
+def window_attainment(
+    measured_rate: float, attained_rate: float, shed_rate: float = 0.0
+) -> float | None:
+    """The share of a window's requests that met their SLO, from the counters' rates: attained
+    over judged plus shed (a request refused for its deadline did not attain it). None when the
+    window holds no such request or a rate is not a number."""
+    rates = (measured_rate, attained_rate, shed_rate)
+    if not all(math.isfinite(r) and r >= 0 for r in rates) or measured_rate + shed_rate <= 0:
+        return None
+    return min(1.0, attained_rate / (measured_rate + shed_rate))

@@ -21,6 +21,7 @@ from polyserve.autoscale.signals import (
     Observation,
     RouterState,
     ServerObservation,
+    window_attainment,
 )
 from polyserve.autoscale.trend import StateReader
 
@@ -122,6 +123,7 @@ class PrometheusSource:
 
         pending, oldest = by_tier("pending"), by_tier("oldest_wait")
         rate, prev, shed = by_tier("rate"), by_tier("rate_prev"), by_tier("shed_rate")
+        measured, attained = by_tier("measured_rate"), by_tier("attained_rate")
         ready, draining = by_backend("ready"), by_backend("draining")
         requests, idle = by_backend("requests"), by_backend("idle")
         observed_at = min(times) if times else math.nan
@@ -148,6 +150,9 @@ class PrometheusSource:
                     arrival_rate=rate.get(tier, 0.0),
                     arrival_rate_prev=prev.get(tier, 0.0),
                     shed_rate=shed.get(tier, 0.0),
+                    attainment=window_attainment(
+                        measured.get(tier, 0.0), attained.get(tier, 0.0), shed.get(tier, 0.0)
+                    ),
                     servers=servers,
                 )
             )

@@ -10,7 +10,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 
-from polyserve.autoscale.signals import Observation, RouterState, ServerObservation
+from polyserve.autoscale.signals import (
+    Observation,
+    RouterState,
+    ServerObservation,
+    window_attainment,
+)
 
 
 class ArrivalTrend:
@@ -70,6 +75,11 @@ class StateReader:
         self.window_s = window_s
         self._arrivals: dict[str, ArrivalTrend] = {}
         self._shed: dict[str, ArrivalTrend] = {}
+        self._measured: dict[str, ArrivalTrend] = {}
+        self._attained: dict[str, ArrivalTrend] = {}
+
+    def _trend(self, trends: dict[str, ArrivalTrend], tier: str) -> ArrivalTrend:
+        return trends.setdefault(tier, ArrivalTrend(self.window_s))
 
     def read(self, state: RouterState) -> list[Observation]:
         servers: dict[str, list[ServerObservation]] = {}
@@ -79,11 +89,15 @@ class StateReader:
             servers.setdefault(b.tier, []).append(ServerObservation.of(b))
         out = []
         for t in state.tiers:
-            arrivals = self._arrivals.setdefault(t.name, ArrivalTrend(self.window_s))
-            shed = self._shed.setdefault(t.name, ArrivalTrend(self.window_s))
+            arrivals, shed = self._trend(self._arrivals, t.name), self._trend(self._shed, t.name)
+            measured = self._trend(self._measured, t.name)
+            attained = self._trend(self._attained, t.name)
             arrivals.add(state.time, t.arrivals_total)
             shed.add(state.time, t.shed_total)
+            measured.add(state.time, t.measured_total)
+            attained.add(state.time, t.attained_total)
             rate, prev = arrivals.rates()
+            shed_rate = shed.rates()[0]
             out.append(
                 Observation(
                     tier=t.name,
@@ -92,7 +106,10 @@ class StateReader:
                     oldest_wait_s=t.oldest_wait_s,
                     arrival_rate=rate,
                     arrival_rate_prev=prev,
-                    shed_rate=shed.rates()[0],
+                    shed_rate=shed_rate,
+                    attainment=window_attainment(
+                        measured.rates()[0], attained.rates()[0], shed_rate
+                    ),
                     servers=tuple(servers.get(t.name, ())),
                 )
             )

@@ -75,9 +75,10 @@ class RouterAutoscaler:
             typical_capacity_rps(tier.profile, spec.tpot_ms),
         )
         key = (tier.namespace, tier.name)
+        obs = self._observations.get(tier.name)
         d = decide(
             target,
-            self._observations.get(tier.name),
+            obs,
             tier.desired,
             self._memory.get(key),
             spec.autoscaling,
@@ -86,5 +87,9 @@ class RouterAutoscaler:
         self._memory[key] = d.memory
         reason = "".join(word.capitalize() for word in d.reason.value.split("_"))
         return ScalingDecision(
-            replicas=d.desired, reason=reason, message=d.detail, drain_first=d.drain
+            replicas=d.desired,
+            reason=reason,
+            message=d.detail,
+            attainment=obs.attainment if obs is not None else None,
+            drain_first=d.drain,
         )

@@ -122,7 +122,8 @@ class Autoscaler(Protocol):
     """The autoscaler decision core with its signal source (the router or Prometheus)."""
 
     async def decide(self, tier: TierObservation) -> ScalingDecision | None:
-        """The tier's replica count now, or None to hold."""
+        """The tier's replica count now, or None to hold. Asked for every tier; for a tier with
+        autoscaling off only the attainment is used."""
         ...
 
 
@@ -526,7 +527,9 @@ class Reconciler:
         pod_list = await self._io(self.kube.list_pods, namespace, r.tier_selector(name))
         pods = tuple(PodView.from_pod(p) for p in pod_list.get("items", []))
         decision: ScalingDecision | None = None
-        if spec.autoscaling.enabled and self.autoscaler is not None:
+        # Every tier is asked (its attainment goes into the status); only an autoscaled tier's
+        # replica count follows the answer (owner_target).
+        if self.autoscaler is not None:
             observation = TierObservation(
                 namespace=namespace,
                 name=name,
@@ -558,7 +561,7 @@ class Reconciler:
             streams,
             now,
             spec.drain_timeout_seconds,
-            decision.drain_first if decision else (),
+            decision.drain_first if decision and spec.autoscaling.enabled else (),
         )
         await self._apply(name, namespace, uid, spec, deployment, plan.replicas)
         for pod in plan.mark:

@@ -68,6 +68,8 @@ class ModelPool:
     backends: dict[str, Backend] = field(default_factory=dict)
     arrivals_total: dict[str, int] = field(default_factory=dict)  # per tier name, since start
     shed_total: dict[str, int] = field(default_factory=dict)  # refused for their deadline
+    measured_total: dict[str, int] = field(default_factory=dict)  # judged against the SLO
+    attained_total: dict[str, int] = field(default_factory=dict)  # ... that met every deadline
     _next_index: int = 0
 
     def __post_init__(self) -> None:
@@ -266,6 +268,12 @@ class ModelPool:
         ticket.state = "done"
         release_if_drained(b.view, self.policy)
         self._forget_if_done(b)
+
+    def judged(self, tier: str, attained: bool) -> None:
+        """Count an ended request of ``tier`` against its SLO (the state's attainment counters)."""
+        self.measured_total[tier] = self.measured_total.get(tier, 0) + 1
+        if attained:
+            self.attained_total[tier] = self.attained_total.get(tier, 0) + 1
 
     def take_queued(self) -> list[Ticket]:
         return self.queues.take_all()

@@ -223,6 +223,7 @@ def _judge_stream(a: Attempt, times: list[float]) -> None:
 
 def _judge(a: Attempt, attained: bool) -> None:
     labels = (a.pool.model, a.ticket.tier.name)
+    a.pool.judged(a.ticket.tier.name, attained)
     a.router.metrics.slo_measured.labels(*labels).inc()
     if attained:
         a.router.metrics.slo_attained.labels(*labels).inc()

@@ -25,6 +25,8 @@ def router_state(pools: Iterable[ModelPool], now: float, wall: float) -> RouterS
                     oldest_wait_s=pool.oldest_wait_s(i, now),
                     arrivals_total=pool.arrivals_total.get(spec.name, 0),
                     shed_total=pool.shed_total.get(spec.name, 0),
+                    measured_total=pool.measured_total.get(spec.name, 0),
+                    attained_total=pool.attained_total.get(spec.name, 0),
                 )
             )
         for b in pool.backends.values():

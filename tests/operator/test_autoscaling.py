@@ -69,3 +69,49 @@ class Fixed:
         if self.state is None:
             raise SignalError("connection refused")
         return self.reader.read(self.state)
+
+
+class Snapshots:
+    """A signal source that reads the given router states one after the other."""
+
+    def __init__(self, *states: RouterState) -> None:
+        self.states = list(states)
+        self.reader = StateReader(60.0)
+
+    async def observe(self) -> list[Observation]:
+        return self.reader.read(self.states.pop(0))
+
+
+def counters(t: float, measured: int, attained: int, shed: int) -> RouterState:
+    tier = TierState(
+        name="chat",
+        pending=0,
+        oldest_wait_s=0.0,
+        arrivals_total=measured + shed,
+        shed_total=shed,
+        measured_total=measured,
+        attained_total=attained,
+    )
+    return RouterState(time=t, tiers=[tier], backends=[])
+
+
+def test_the_decision_carries_the_routers_attainment_over_the_window() -> None:
+    """status.attainment: attained over judged + shed requests, from the counters' increase."""
+    now = time.time()
+    scaler = RouterAutoscaler(
+        Snapshots(counters(now - 10, 100, 50, 0), counters(now, 130, 77, 2)), refresh_s=0.0
+    )
+    first = asyncio.run(scaler.decide(observation(1)))
+    assert first is not None and first.attainment is None  # one sample: no window yet
+    second = asyncio.run(scaler.decide(observation(1)))
+    assert second is not None and second.attainment is not None
+    assert abs(second.attainment - 27 / 32) < 1e-9
+
+
+def test_no_judged_request_is_no_attainment() -> None:
+    from polyserve.autoscale.signals import window_attainment
+
+    assert window_attainment(0.0, 0.0, 0.0) is None
+    assert window_attainment(float("nan"), 1.0) is None
+    assert window_attainment(0.0, 0.0, 2.0) == 0.0  # everything shed
+    assert window_attainment(4.0, 4.0) == 1.0

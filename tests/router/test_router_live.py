@@ -135,6 +135,10 @@ def test_streaming_and_whole_answers_pass_through_and_accounting_returns_to_zero
         dict(k[1])["tier"]: v for k, v in m.items() if k[0] == "polyserve_router_slo_attained_total"
     }
     assert attained == {"t100": 1.0, "t20": 1.0}
+    # the same verdicts in the autoscaler's state (the SLOTier status' attainment)
+    state = json.loads(raw(r.url, "GET", "/polyserve/v1/state")[2])
+    counts = {t["name"]: (t["measured_total"], t["attained_total"]) for t in state["tiers"]}
+    assert counts["t100"] == (1, 1) and counts["t20"] == (1, 1)
     models = c.models.list().data
     assert [mo.id for mo in models] == [MODEL]
 
