@@ -63,6 +63,7 @@ def _generation(schema: str, summary: str) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
+            "security": [{"apiKey": []}],
             "parameters": _TIER_PARAMS,
             "requestBody": {
                 "required": True,
@@ -111,9 +112,19 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "PolyServe router", "version": "0.1.0"},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from the key file (unless the router runs --no-auth)",
+                },
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The admin token (the admin API is off without one: 404)",
+                },
+            },
         },
-        "security": [{"bearer": []}],
         "paths": {
             "/v1/completions": _generation("CompletionRequest", "Text completion"),
             "/v1/chat/completions": _generation("ChatCompletionRequest", "Chat completion"),
@@ -124,6 +135,7 @@ def openapi_document() -> dict[str, Any]:
             "/polyserve/v1/fleet": {
                 "put": {
                     "summary": "Replace the tiers and backends (admin token)",
+                    "security": [{"adminToken": []}],
                     "requestBody": {
                         "required": True,
                         "content": {

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from polyserve.autoscale.signals import STATE_PATH, RouterState
 from polyserve.mockengine import protocol as proto
 from polyserve.mockengine import tokenizer
+from polyserve.profile import ProfileError, load_profile
 from polyserve.router.auth import ANONYMOUS, Entitlement, KeyRing, TierChoiceError, resolve_tier
 from polyserve.router.engine_metrics import foreign_load, parse_engine_load
 from polyserve.router.metrics import RouterMetrics
@@ -58,7 +60,18 @@ UNPLACED: dict[str, tuple[int, str, str]] = {
     "tier_removed": (503, "The request's tier was removed.", "unavailable"),
     "model_removed": (503, "The model is no longer served.", "unavailable"),
     "shutdown": (503, "The router is shutting down.", "unavailable"),
+    "queue_timeout": (503, "No backend took the request in time (router queue timeout).", "unavailable"),
 }
+PROBE_LIMIT_BYTES = 4 * 1024 * 1024  # largest /metrics page read
+
+
+#: a JSON string escape that may be a lone UTF-16 surrogate (a cheap test before the full one)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN`` and ``Infinity`` are Python's JSON extensions, not JSON: refused."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 class Refused(Exception):
@@ -120,7 +133,12 @@ class Router:
         return [*self.pools.values(), *self.retired]
 
     def apply_fleet(self, spec: FleetSpec) -> None:
-        """Reconcile to a discovery snapshot (tiers and backends); answers what can no longer wait."""
+        """Reconcile to a discovery snapshot (tiers and backends); answers what can no longer wait.
+
+        A tier naming a profile that cannot be loaded raises ProfileError before anything changes.
+        """
+        for t in spec.tiers:
+            load_profile(t.profile)
         now = self.now()
         by_model: dict[str, list[TierSpec]] = {}
         for t in spec.tiers:
@@ -163,10 +181,13 @@ class Router:
         for p in [pool] if pool is not None else list(self.pools.values()):
             for ticket in p.dispatch(now, tier):
                 self._wake(ticket)
+            for ticket in p.expire(now, self.settings.queue_timeout_s):
+                self._settle(ticket, "queue_timeout")
         self._arm_deadline_timer(now)
 
     def _arm_deadline_timer(self, now: float) -> None:
-        soonest = min((p.next_deadline(now) for p in self.pools.values()), default=math.inf)
+        wait = self.settings.queue_timeout_s
+        soonest = min((p.next_deadline(now, wait) for p in self.pools.values()), default=math.inf)
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
@@ -261,9 +282,16 @@ class Router:
         return [(p, b.name, b.spec.url) for p in self.all_pools() for b in p.backends.values()]
 
     async def _get(self, url: str, timeout: float) -> tuple[int, bytes]:
+        """The whole body of a probe (``content.read(n)`` would return the first chunk only: half
+        a metrics page, its numbers cut); a body over the limit is a failed probe (ValueError)."""
         assert self._session is not None
         async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            return resp.status, await resp.content.read(4 * 1024 * 1024)
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > PROBE_LIMIT_BYTES:
+                    raise ValueError(f"{url}: more than {PROBE_LIMIT_BYTES} bytes")
+            return resp.status, bytes(body)
 
     async def _check_health(self) -> None:
         targets = self._probe_targets()
@@ -330,7 +358,10 @@ class Router:
             msg = exc.reason
             if status == 413:
                 msg = f"Request body too large (limit {self.settings.max_body_bytes} bytes)."
-            return _json(proto.error_payload(msg, status), status)
+            allow = exc.headers.get("Allow")  # a 405 names the methods the path takes
+            return _json(
+                proto.error_payload(msg, status), status, {"Allow": allow} if allow else None
+            )
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
@@ -383,9 +414,11 @@ class Router:
         body = await self._read_json(request)
         try:
             spec = FleetSpec.model_validate(body)
+            self.apply_fleet(spec)
         except ValidationError as e:
             raise Refused(400, proto.validation_message(e), "") from None
-        self.apply_fleet(spec)
+        except ProfileError as e:
+            raise Refused(400, str(e), "", "profile") from None
         return _json({"status": "ok", "tiers": len(spec.tiers), "backends": len(spec.backends)})
 
     # ---------------------------------------------------------------- generation
@@ -399,9 +432,14 @@ class Router:
     async def _read_json(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise Refused(400, "The request body is not valid JSON.", "client_error") from None
+            body = json.loads(raw, parse_constant=_not_json)
+            if _SURROGATE_ESCAPE.search(raw):  # a lone surrogate cannot be answered or sent:
+                proto.dumps(body)  # UnicodeEncodeError
+        except ValueError:
+            msg = "The request body is not valid JSON (UTF-8, no NaN or Infinity, no lone surrogates)."
+            raise Refused(400, msg, "client_error") from None
+        except RecursionError:
+            raise Refused(400, "The request body is nested too deeply.", "client_error") from None
         if not isinstance(body, dict):
             raise Refused(400, "The request body must be a JSON object.", "client_error")
         return body

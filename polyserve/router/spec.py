@@ -24,7 +24,10 @@ class _Spec(BaseModel):
 
 
 class TierSpec(_Spec):
-    name: Annotated[str, Field(min_length=1, max_length=63)]
+    # the pattern is checked by _dns_label (with a readable message) and stated in the schema
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, json_schema_extra={"pattern": NAME.pattern})
+    ]
     model: Annotated[str, Field(min_length=1)]
     tpot_ms: Ms
     ttft_ms: Ms
