@@ -2,16 +2,21 @@
 router's state (``GET /polyserve/v1/state``), one decision per SLOTier pass.
 
 The router's snapshot is read (``autoscale.sources.RouterSource``) at most once per ``refresh_s``
-and shared by every tier's pass. A router that cannot be read gives no observation, and the
-decision core holds the tier with ``hold_stale_metrics``. Backend names are pod names (the Kubernetes discovery names them so), so
-the core's drain order names the pods the operator drains first.
+and shared by the passes of every tier with the same trend window (``autoscaling.trendWindowS``:
+the rates are taken over the tier's own window). A router that cannot be read gives no
+observation, and the decision core holds the tier with ``hold_stale_metrics``. Backend names are
+pod names (the Kubernetes discovery names them so), so the core's drain order names the pods the
+operator drains first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import time
+from collections.abc import Callable
 
 import aiohttp
 
@@ -43,31 +48,47 @@ def router_source(router_url: str, trend_window_s: float = 60.0) -> SignalSource
     return _OnOperatorLoop(router_url, trend_window_s)
 
 
-class RouterAutoscaler:
-    """Implements the operator's ``Autoscaler`` seam."""
+def router_sources(router_url: str) -> Callable[[float], SignalSource]:
+    """The router's state with rates over any trend window (one source per window)."""
+    return functools.partial(router_source, router_url)
 
-    def __init__(self, source: SignalSource, refresh_s: float = 2.0):
-        self._source = source
+
+class RouterAutoscaler:
+    """Implements the operator's ``Autoscaler`` seam.
+
+    ``sources(window_s)`` makes the signal source whose rates span ``window_s``: each tier reads
+    its signals over its own ``autoscaling.trendWindowS`` (tiers that share a window share one
+    source and one read per ``refresh_s``).
+    """
+
+    def __init__(self, sources: Callable[[float], SignalSource], refresh_s: float = 2.0):
+        self._make_source = sources
         self.refresh_s = refresh_s
-        self._observations: dict[str, Observation] = {}
-        self._fetched_at = -float("inf")
+        self._sources: dict[float, SignalSource] = {}
+        self._observations: dict[float, dict[str, Observation]] = {}
+        self._fetched_at: dict[float, float] = {}
         self._lock = asyncio.Lock()
         self._memory: dict[tuple[str, str], TierMemory] = {}
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, window_s: float) -> dict[str, Observation]:
         async with self._lock:
-            if time.monotonic() - self._fetched_at < self.refresh_s:
-                return
-            self._fetched_at = time.monotonic()
+            if time.monotonic() - self._fetched_at.get(window_s, -math.inf) < self.refresh_s:
+                return self._observations[window_s]
+            self._fetched_at[window_s] = time.monotonic()
+            source = self._sources.get(window_s)
+            if source is None:
+                source = self._sources[window_s] = self._make_source(window_s)
             try:
-                self._observations = {o.tier: o for o in await self._source.observe()}
+                got = {o.tier: o for o in await source.observe()}
             except SignalError as e:  # no signals: every tier holds (hold_stale_metrics)
                 log.warning("router signals: %s", e)
-                self._observations = {}
+                got = {}
+            self._observations[window_s] = got
+            return got
 
     async def decide(self, tier: TierObservation) -> ScalingDecision | None:
-        await self._refresh()
         spec = tier.spec
+        observations = await self._refresh(spec.autoscaling.trend_window_s)
         target = TierTarget(
             tier.name,
             spec.replicas.min,
@@ -75,7 +96,7 @@ class RouterAutoscaler:
             typical_capacity_rps(tier.profile, spec.tpot_ms),
         )
         key = (tier.namespace, tier.name)
-        obs = self._observations.get(tier.name)
+        obs = observations.get(tier.name)
         d = decide(
             target,
             obs,

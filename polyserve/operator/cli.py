@@ -74,9 +74,9 @@ def run(
     setup_logging(log_level, log_json)
     autoscaler = None
     if router_url is not None:
-        from polyserve.operator.autoscaling import RouterAutoscaler, router_source
+        from polyserve.operator.autoscaling import RouterAutoscaler, router_sources
 
-        autoscaler = RouterAutoscaler(router_source(router_url))
+        autoscaler = RouterAutoscaler(router_sources(router_url))
     config = OperatorConfig(
         autoscaler=autoscaler,
         interval_s=interval,

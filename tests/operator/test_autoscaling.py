@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from polyserve.autoscale.signals import BackendState, Observation, RouterState, TierState
 from polyserve.autoscale.sources import SignalError
@@ -47,13 +48,13 @@ def state(pending: int, oldest: float) -> RouterState:
 
 
 def test_pending_requests_at_the_router_scale_the_tier_up() -> None:
-    scaler = RouterAutoscaler(Fixed(state(pending=12, oldest=5.0)))
+    scaler = RouterAutoscaler(lambda w: Fixed(state(pending=12, oldest=5.0)))
     d = asyncio.run(scaler.decide(observation(1)))
     assert d is not None and d.replicas > 1 and d.reason == "ScaleUpPending"
 
 
 def test_an_unreachable_router_holds_the_tier() -> None:
-    scaler = RouterAutoscaler(Fixed(None))
+    scaler = RouterAutoscaler(lambda w: Fixed(None))
     d = asyncio.run(scaler.decide(observation(2)))
     assert d is not None and d.replicas == 2 and d.reason == "HoldStaleMetrics"
 
@@ -98,9 +99,8 @@ def counters(t: float, measured: int, attained: int, shed: int) -> RouterState:
 def test_the_decision_carries_the_routers_attainment_over_the_window() -> None:
     """status.attainment: attained over judged + shed requests, from the counters' increase."""
     now = time.time()
-    scaler = RouterAutoscaler(
-        Snapshots(counters(now - 10, 100, 50, 0), counters(now, 130, 77, 2)), refresh_s=0.0
-    )
+    source = Snapshots(counters(now - 10, 100, 50, 0), counters(now, 130, 77, 2))
+    scaler = RouterAutoscaler(lambda w: source, refresh_s=0.0)
     first = asyncio.run(scaler.decide(observation(1)))
     assert first is not None and first.attainment is None  # one sample: no window yet
     second = asyncio.run(scaler.decide(observation(1)))
@@ -115,3 +115,23 @@ def test_no_judged_request_is_no_attainment() -> None:
     assert window_attainment(float("nan"), 1.0) is None
     assert window_attainment(0.0, 0.0, 2.0) == 0.0  # everything shed
     assert window_attainment(4.0, 4.0) == 1.0
+
+
+def test_each_tier_reads_its_rates_over_its_own_trend_window() -> None:
+    asked: list[float] = []
+
+    def sources(window_s: float) -> Fixed:
+        asked.append(window_s)
+        return Fixed(state(pending=0, oldest=0.0))
+
+    scaler = RouterAutoscaler(sources, refresh_s=60.0)
+    short = observation(1)
+    short = replace(
+        short,
+        spec=short.spec.model_copy(
+            update={"autoscaling": short.spec.autoscaling.model_copy(update={"trend_window_s": 20})}
+        ),
+    )
+    for obs in (observation(1), short, observation(1), short):
+        asyncio.run(scaler.decide(obs))
+    assert asked == [observation(1).spec.autoscaling.trend_window_s, 20.0]  # one source each

@@ -11,7 +11,7 @@ import pytest
 
 from polyserve.devcluster import DevCluster
 from polyserve.loopthread import LoopThread
-from polyserve.operator.autoscaling import RouterAutoscaler, router_source
+from polyserve.operator.autoscaling import RouterAutoscaler, router_sources
 from polyserve.operator.discovery import kubernetes_fleet
 from polyserve.operator.handlers import OperatorConfig, operator_in_thread
 from polyserve.operator.model import GROUP, PLURAL, VERSION
@@ -29,7 +29,7 @@ class RecordingAutoscaler(RouterAutoscaler):
     """The operator's autoscaler, keeping what it decided."""
 
     def __init__(self, router_url: str) -> None:
-        super().__init__(router_source(router_url), refresh_s=0.5)
+        super().__init__(router_sources(router_url), refresh_s=0.5)
         self.decisions: list[ScalingDecision] = []
 
     async def decide(self, tier: TierObservation) -> ScalingDecision | None:
