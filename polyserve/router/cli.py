@@ -77,6 +77,9 @@ def router(
         Path | None, typer.Option(help="File holding the admin API's bearer token.")
     ] = None,
     queue_limit: Annotated[int, typer.Option(help="Requests queued at most (then 429).")] = 4096,
+    queue_timeout: Annotated[
+        float, typer.Option(help="Seconds a request may wait for a backend (then 503).")
+    ] = 300.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
     log_json: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
@@ -96,6 +99,7 @@ def router(
             keys_file=keys,
             admin_token=token,
             queue_limit=queue_limit,
+            queue_timeout_s=queue_timeout,
             max_body_bytes=max_body_bytes,
             log_prompts=log_prompts,
         )

@@ -289,11 +289,29 @@ class ModelPool:
         arrival = self.queues.oldest_arrival(tier)
         return 0.0 if arrival is None else max(0.0, now - arrival)
 
-    def next_deadline(self, now: float) -> float:
-        """When the earliest queued head becomes hopeless (the router re-dispatches then)."""
+    def next_deadline(self, now: float, max_wait_s: float = math.inf) -> float:
+        """When the earliest queued head becomes hopeless or times out (the router re-dispatches
+        then)."""
         soonest = math.inf
         for q in self.queues.queues:
             if q:
                 p = q[0].pending
-                soonest = min(soonest, p.arrival + (p.ttft_ms - p.ideal_ttft_ms) / 1000.0)
+                hopeless = p.arrival + (p.ttft_ms - p.ideal_ttft_ms) / 1000.0
+                soonest = min(soonest, hopeless, p.arrival + max_wait_s)
         return soonest
+
+    def expire(self, now: float, max_wait_s: float) -> list[Ticket]:
+        """Take out the queued tickets that arrived ``max_wait_s`` or more ago (to be answered).
+
+        A tier that waits (``wait``, or ``degrade`` with nowhere to degrade to) would otherwise
+        hold a request forever when no server can ever take it. Only heads are looked at: a
+        queue is in arrival order but for a retried request put back at its front, which delays
+        the check of those behind it by at most its own remaining wait.
+        """
+        out: list[Ticket] = []
+        for q in self.queues.queues:
+            while q and now - q[0].pending.arrival >= max_wait_s:
+                ticket = q.popleft()
+                ticket.state = "rejected"
+                out.append(ticket)
+        return out

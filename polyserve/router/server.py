@@ -60,7 +60,11 @@ UNPLACED: dict[str, tuple[int, str, str]] = {
     "tier_removed": (503, "The request's tier was removed.", "unavailable"),
     "model_removed": (503, "The model is no longer served.", "unavailable"),
     "shutdown": (503, "The router is shutting down.", "unavailable"),
-    "queue_timeout": (503, "No backend took the request in time (router queue timeout).", "unavailable"),
+    "queue_timeout": (
+        503,
+        "No backend took the request in time (router queue timeout).",
+        "unavailable",
+    ),
 }
 PROBE_LIMIT_BYTES = 4 * 1024 * 1024  # largest /metrics page read
 

@@ -34,6 +34,9 @@ class RouterSettings(BaseModel):
     max_body_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
     #: tries per request over different backends when one fails before its first byte
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    #: longest a request waits in the router's queue for a backend (then 503), whatever its tier's
+    #: deadline rule: room for a scale-up, and a bound where no server can ever take it
+    queue_timeout_s: Seconds = 300.0
     #: Retry-After of a 429
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 1
     connect_timeout_s: Seconds = 3.0
