@@ -1,0 +1,205 @@
+"""Faults survived, nothing lost: the router in front of failing mock engines, under load.
+
+Every scenario sends a mix of streamed and whole chat/completions requests through the harness
+(:mod:`tests.reliability.harness`), which classifies each answer and fails on any request that
+did not end in a complete answer, a clear error or a 429 with Retry-After. The router's own books
+must then be empty and its request counter must have counted each request once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from polyserve.mockengine import MockEngineThread
+from polyserve.mockengine.testing import free_port_run
+from polyserve.router.spec import FleetSpec
+from polyserve.router.testing import RouterThread
+from tests.mockengine.conftest import raw, wait_until
+from tests.reliability import harness
+from tests.reliability.conftest import (
+    LOOSE,
+    MODEL,
+    TIERS,
+    TIGHT,
+    assert_router_settled,
+    backend,
+    metric_sum,
+)
+
+Engines = Callable[..., MockEngineThread]
+Routers = Callable[..., RouterThread]
+
+
+def running(engine: MockEngineThread) -> int:
+    return engine.call(lambda: engine.servers[0].engine.num_running)
+
+
+def ready(r: RouterThread, name: str) -> bool:
+    return r.call(lambda rt: rt.pools[MODEL].backends[name].view.healthy)
+
+
+# ------------------------------------------------------------------------- 1. killed mid-stream
+
+
+def test_an_engine_killed_mid_stream(start_engine: Engines, start_router: Routers) -> None:
+    doomed, spare = start_engine(), start_engine()
+    # t100's only engine dies; t20's stays (t100 may borrow it: lazy promotion)
+    fleet = FleetSpec(
+        tiers=TIERS,
+        backends=[backend("doomed", doomed.urls[0]), backend("spare", spare.urls[0], "t20")],
+    )
+    r = start_router(fleet)
+    reqs = harness.mix(40, MODEL, tiers=("t100", "t100", "t20"), max_tokens=(40, 120))
+
+    async def kill() -> None:
+        await harness.wait_for(lambda: running(doomed) >= 3, 10.0, "streams on the doomed engine")
+        doomed.call(doomed.servers[0].crash)
+
+    tally = harness.run(r.url, reqs, concurrency=8, during=kill)
+    tally.check()
+    cut = [o for o in tally.of("error") if o.detail.startswith("stream error event")]
+    assert cut and all(o.backend == "doomed" for o in cut), tally.summary()
+    # whole answers in flight were retried elsewhere: only streams that had started see an error
+    assert len(tally.of("error")) == len(cut), [o.detail for o in tally.of("error")]
+    assert len(tally.of("complete")) >= len(reqs) // 2, tally.summary()
+    assert not ready(r, "doomed")
+    assert_router_settled(r, tally.sent)
+
+
+# ------------------------------------------------------------------------- 2. refusing connections
+
+
+def test_an_engine_refusing_connections(start_engine: Engines, start_router: Routers) -> None:
+    refusing = start_engine(port=free_port_run(1), refuse_connections=True)
+    good = start_engine()
+    fleet = FleetSpec(
+        tiers=TIERS,
+        backends=[backend("refusing", refusing.urls[0]), backend("good", good.urls[0])],
+    )
+    r = start_router(fleet, health_interval_s=60.0)  # only the failed attempts mark it down
+    tally = harness.run(r.url, harness.mix(30, MODEL, tiers=("t100",)), concurrency=6)
+    tally.check()
+    assert not tally.of("error"), tally.summary()  # a healthy engine was there all along
+    assert all(o.backend == "good" for o in tally.of("complete"))
+    assert metric_sum(r.url, "polyserve_router_retries_total", backend="refusing") >= 1
+    assert not ready(r, "refusing")
+    assert_router_settled(r, tally.sent)
+
+
+# ------------------------------------------------------------------------- 3. slowed 10x
+
+
+def test_an_engine_slowed_ten_times(start_engine: Engines, start_router: Routers) -> None:
+    """Slow answers are still answers; the router's SLO metrics show the damage.
+
+    The policy predicts steps from the profile, so a slow engine does not look loaded to it (the
+    gradient even fills it first): what must hold is that every request still ends cleanly."""
+    slow, fast = start_engine(slowdown=10.0), start_engine()
+    tiers = [TIGHT.model_copy(update={"ttft_ms": 300.0})]  # 4 tokens at 10x miss it
+    fleet = FleetSpec(
+        tiers=tiers,
+        backends=[backend("slow", slow.urls[0], "t20"), backend("fast", fast.urls[0], "t20")],
+    )
+    r = start_router(fleet)
+    reqs = harness.mix(24, MODEL, tiers=("t20",), max_tokens=(4, 12))
+    tally = harness.run(r.url, reqs, concurrency=8, timeout_s=30.0)
+    tally.check()
+    assert len(tally.of("complete")) == tally.sent, tally.summary()
+    on_slow = sum(o.backend == "slow" for o in tally.of("complete"))
+    measured = metric_sum(r.url, "polyserve_router_slo_measured_total", tier="t20")
+    attained = metric_sum(r.url, "polyserve_router_slo_attained_total", tier="t20")
+    assert measured == tally.sent and attained <= tally.sent - on_slow, (on_slow, attained)
+    assert_router_settled(r, tally.sent)
+
+
+# ------------------------------------------------------------------------- 4. broken /metrics
+
+
+def test_engines_with_garbage_or_hanging_metrics(
+    start_engine: Engines, start_router: Routers
+) -> None:
+    garbage = start_engine(metrics_garbage=True)
+    hang = start_engine(metrics_hang=True)
+    ok = start_engine()
+    fleet = FleetSpec(
+        tiers=TIERS,
+        backends=[
+            backend("garbage", garbage.urls[0]),
+            backend("hang", hang.urls[0]),
+            backend("ok", ok.urls[0], "t20"),
+        ],
+    )
+    r = start_router(fleet)  # scrapes every 0.1 s, each bounded by the interval
+
+    def scraped(name: str) -> float:
+        return r.call(lambda rt: rt._scraped_at.get((MODEL, name), -1.0))
+
+    # the scrape loop goes round: the good engine's page keeps being read despite the hang
+    wait_until(lambda: scraped("ok") > 0, 5.0, "a first scrape")
+    first = scraped("ok")
+    wait_until(lambda: scraped("ok") > first + 0.25, 5.0, "later scrapes of the good engine")
+    assert scraped("garbage") < 0 and scraped("hang") < 0  # neither page was ever taken as load
+
+    tally = harness.run(r.url, harness.mix(30, MODEL, tiers=("t100", "t20")), concurrency=8)
+    tally.check()
+    assert len(tally.of("complete")) == tally.sent, tally.summary()
+    assert {o.backend for o in tally.of("complete")} >= {"ok"}
+    foreign = r.call(
+        lambda rt: {n: b.view.foreign_requests for n, b in rt.pools[MODEL].backends.items()}
+    )
+    assert foreign == {"garbage": 0, "hang": 0, "ok": 0}
+    assert raw(r.url, "GET", "/health")[0] == 200 and raw(r.url, "GET", "/metrics")[0] == 200
+    assert ready(r, "garbage") and ready(r, "hang")  # /metrics is no health signal
+    after = scraped("ok")
+    wait_until(lambda: scraped("ok") > after, 5.0, "the scrape loop still going")
+    assert_router_settled(r, tally.sent)
+
+
+# ------------------------------------------------------------------------- 5. a tier's engines gone
+
+
+def test_a_loose_tier_without_engines_borrows_tight_ones(
+    start_engine: Engines, start_router: Routers
+) -> None:
+    loose, tight = start_engine(), start_engine()
+    fleet = FleetSpec(
+        tiers=TIERS,
+        backends=[backend("loose", loose.urls[0]), backend("tight", tight.urls[0], "t20")],
+    )
+    r = start_router(fleet)
+    loose.call(loose.servers[0].crash)
+    wait_until(lambda: not ready(r, "loose"), 5.0, "the crashed engine marked down")
+    tally = harness.run(r.url, harness.mix(24, MODEL, tiers=("t100", "t20")), concurrency=6)
+    tally.check()
+    assert len(tally.of("complete")) == tally.sent, tally.summary()
+    assert {o.backend for o in tally.outcomes} == {"tight"}
+    assert metric_sum(r.url, "polyserve_router_promotions_total", tier="t100") == 12
+    assert_router_settled(r, tally.sent)
+
+
+@pytest.mark.parametrize("miss", ["reject", "degrade", "wait"])
+def test_a_tight_tier_without_engines_gets_clear_answers(
+    start_engine: Engines, start_router: Routers, miss: str
+) -> None:
+    loose, tight = start_engine(), start_engine()
+    tiers = [TIGHT.model_copy(update={"ttft_ms": 300.0, "on_deadline_miss": miss}), LOOSE]
+    fleet = FleetSpec(
+        tiers=tiers,
+        backends=[backend("loose", loose.urls[0]), backend("tight", tight.urls[0], "t20")],
+    )
+    r = start_router(fleet, queue_timeout_s=2.0)  # wait/degrade: nowhere to go, ever
+    tight.call(tight.servers[0].crash)
+    wait_until(lambda: not ready(r, "tight"), 5.0, "the crashed engine marked down")
+    tally = harness.run(r.url, harness.mix(16, MODEL, tiers=("t20", "t100")), 8, 15.0)
+    print(miss, tally.summary(), [o.detail for o in tally.outcomes if o.req.index % 2 == 0])
+    tally.check()
+    t20 = [o for o in tally.outcomes if o.req.headers["x-polyserve-tier"] == "t20"]
+    t100 = [o for o in tally.outcomes if o.req.headers["x-polyserve-tier"] == "t100"]
+    assert all(o.kind == "complete" and o.backend == "loose" for o in t100), tally.summary()
+    # a tighter tier never runs on a looser tier's engine: its requests are refused, clearly
+    # reject: 429 at the deadline; degrade/wait: nowhere to go, so 503 at the queue timeout
+    want = 429 if miss == "reject" else 503
+    assert all(o.kind != "complete" and o.status == want for o in t20), [o.detail for o in t20]
+    assert_router_settled(r, tally.sent)
