@@ -69,8 +69,8 @@ def backend_body(client_body: dict[str, Any], priority: int | None) -> dict[str,
     return out
 
 
-def _error_event(message: str) -> bytes:
-    return proto.sse_event(proto.error_payload(message, 502)) + proto.SSE_DONE
+def _error_event(message: str, status: int = 502) -> bytes:
+    return proto.sse_event(proto.error_payload(message, status)) + proto.SSE_DONE
 
 
 async def forward(a: Attempt) -> Result:
@@ -95,6 +95,7 @@ async def forward(a: Attempt) -> Result:
         return Result(retry_reason=f"connect: {type(e).__name__}")
     timer = _virtual_first_token(a) if not a.stream else None
     completed = False
+    router.inflight.add(resp)
     try:
         if resp.status >= 500:
             return Result(retry_reason=f"status {resp.status}")
@@ -112,6 +113,7 @@ async def forward(a: Attempt) -> Result:
         completed = result.outcome == "ok"
         return result
     finally:
+        router.inflight.discard(resp)
         if timer is not None:
             timer.cancel()
         if completed:
@@ -191,10 +193,13 @@ async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
         except StopAsyncIteration:
             break
         except _BACKEND_FAILURES as e:
-            outcome = "backend_error"
-            reason = f"the backend failed mid-stream ({type(e).__name__})"
+            if router.closing:  # close() cut the backend connection: the router is going away
+                outcome, reason, status = "unavailable", "The router is shutting down.", 503
+            else:
+                outcome, status = "backend_error", 502
+                reason = f"the backend failed mid-stream ({type(e).__name__})"
             with contextlib.suppress(*_CLIENT_GONE):
-                await out.write(_error_event(reason))
+                await out.write(_error_event(reason, status))
             break
     if outcome == "ok" and (tally.error is not None or not tally.done):
         outcome = "backend_error"

@@ -124,6 +124,8 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self.closing = False  # set by close(): in-flight requests end with a 503 / error event
+        self.inflight: set[aiohttp.ClientResponse] = set()  # backend answers being read
         self.port = settings.port
         self.apply_fleet(fleet)
 
@@ -253,6 +255,9 @@ class Router:
         return f"http://{self.settings.host}:{self.port}"
 
     async def close(self) -> None:
+        """Stop: queued requests get 503, in-flight ones a 503 or an error event in their stream
+        (their backend connections are cut first), then the listener closes."""
+        self.closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -263,10 +268,12 @@ class Router:
         for pool in self.all_pools():
             for ticket in pool.take_queued():
                 self._settle(ticket, "shutdown")
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for resp in list(self.inflight):  # closing the session alone leaves their reads waiting
+            resp.content.set_exception(aiohttp.ClientConnectionError("the router is shutting down"))
         if self._session is not None:
             await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     async def _every(self, interval: float, fn: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -499,6 +506,8 @@ class Router:
         stream = bool(parsed.stream)
         outcome = "client_error"
         try:
+            if self.closing:
+                raise Refused(*UNPLACED["shutdown"])
             if len(pool.queues) >= self.settings.queue_limit:
                 raise Refused(
                     429, "The router's queue is full; retry later.", "queue_full", retry=True
@@ -506,10 +515,14 @@ class Router:
             attempt = Attempt(self, pool, ticket, request, body, stream, kind)
             while True:
                 await self._place(pool, ticket)
+                if self.closing:
+                    raise Refused(*UNPLACED["shutdown"])
                 result = await forward(attempt)
                 if result.response is not None:
                     outcome = result.outcome
                     return result.response
+                if self.closing:  # the router cut its backend connections itself
+                    raise Refused(*UNPLACED["shutdown"])
                 reason = (result.retry_reason or "unknown").split(":")[0]
                 self.metrics.retries.labels(model, ticket.backend or "", reason).inc()
                 pool.set_health(ticket.backend or "", False)

@@ -8,6 +8,8 @@ must then be empty and its request counter must have counted each request once.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -26,6 +28,8 @@ from tests.reliability.conftest import (
     assert_router_settled,
     backend,
     metric_sum,
+    residents,
+    router_outcomes,
 )
 
 Engines = Callable[..., MockEngineThread]
@@ -203,3 +207,47 @@ def test_a_tight_tier_without_engines_gets_clear_answers(
     want = 429 if miss == "reject" else 503
     assert all(o.kind != "complete" and o.status == want for o in t20), [o.detail for o in t20]
     assert_router_settled(r, tally.sent)
+
+
+# ------------------------------------------------------------------------- 6. router restarted
+
+
+def test_the_router_restarted_under_load(start_engine: Engines, start_router: Routers) -> None:
+    e0, e1 = start_engine(), start_engine()
+    fleet = FleetSpec(tiers=TIERS, backends=[backend("e0", e0.urls[0]), backend("e1", e1.urls[0])])
+    first = start_router(fleet)
+    port = first.call(lambda rt: rt.port)
+    reqs = harness.mix(16, MODEL, max_tokens=(300, 400))  # long: in flight at the restart
+    box: list[RouterThread] = []
+
+    async def restart() -> None:
+        def streaming() -> bool:
+            held = first.call(
+                lambda rt: [b.view.generated_tokens for b in rt.pools[MODEL].backends.values()]
+            )
+            return residents(first) >= 12 and sum(held) >= 40
+
+        await harness.wait_for(streaming, 10.0, "streams under way")
+        await asyncio.to_thread(first.__exit__, None, None, None)
+        first.router = None
+        box.append(await asyncio.to_thread(start_router, fleet, port=port))
+
+    tally = harness.run(first.url, reqs, concurrency=16, timeout_s=20.0, during=restart)
+    print(tally.summary(), [o.detail for o in tally.outcomes])
+    tally.check()  # in-flight requests got an answer: an error event or a 503, not a cut
+    assert len(tally.of("error")) >= 12, tally.summary()
+    details = {o.detail for o in tally.of("error")}
+    assert details <= {
+        "stream error event: The router is shutting down.",
+        "503: The router is shutting down.",
+    }
+    assert "stream error event: The router is shutting down." in details
+    second = box[0]
+    t0 = time.monotonic()
+    wait_until(lambda: raw(second.url, "GET", "/health")[0] == 200, 5.0, "the new router")
+    after = harness.run(second.url, harness.mix(12, MODEL), concurrency=6)
+    assert time.monotonic() - t0 < 10.0
+    after.check()
+    assert len(after.of("complete")) == after.sent, after.summary()
+    assert_router_settled(second, after.sent)  # a fresh router: only the new requests counted
+    assert router_outcomes(second.url) == {"ok": after.sent}
