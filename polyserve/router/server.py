@@ -424,7 +424,7 @@ class Router:
             raise Refused(401, "Invalid admin token.", "")
         body = await self._read_json(request)
         try:
-            spec = FleetSpec.model_validate(body)
+            spec = FleetSpec.model_validate(body, strict=True)  # as typed in the OpenAPI document
             self.apply_fleet(spec)
         except ValidationError as e:
             raise Refused(400, proto.validation_message(e), "") from None
@@ -443,7 +443,8 @@ class Router:
     async def _read_json(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
         try:
-            body = json.loads(raw, parse_constant=_not_json)
+            # strict UTF-8: json.loads(bytes) would let UTF-8-encoded surrogates through
+            body = json.loads(raw.decode(), parse_constant=_not_json)
             if _SURROGATE_ESCAPE.search(raw):  # a lone surrogate cannot be answered or sent:
                 proto.dumps(body)  # UnicodeEncodeError
         except ValueError:
@@ -467,7 +468,7 @@ class Router:
             proto.ChatCompletionRequest if kind == "chat" else proto.CompletionRequest
         )
         try:
-            parsed = schema.model_validate(body)
+            parsed = schema.model_validate(body, strict=True)  # as typed in the OpenAPI document
         except ValidationError as e:
             raise Refused(400, proto.validation_message(e), "client_error") from None
         assert isinstance(parsed, proto.SamplingFields)
