@@ -27,6 +27,12 @@ servers to drain first, and a machine-readable :class:`Reason`. The rules, in or
    the scale-down cooldown is over, the count stays at or above ``min``, and the remaining servers
    carry the demand at no more than ``consolidation_utilization`` of their capacity. Longest idle
    first; ``max_scale_down_step`` at a time, except with no traffic at all (every idle server goes).
+   With ``consolidate_busy``, when no server is idle the least loaded one (of a tier that keeps
+   another) is the candidate, under the same conditions, one at a time (``scale_down_consolidated``): on a bursty trace the gradient
+   rarely leaves a server idle for ``drain_after_s``, because each burst spills onto the last
+   servers. A drained server takes no new requests and every actuator releases it only once its
+   requests are done (the simulator and the local fleet when it is empty, the operator when its pod
+   has no streams), so nothing is cut.
 
 Lazy promotion: a looser tier's requests may run on a tighter tier's servers when their own are
 full. ``borrowable_rps`` is the spare capacity (req/s at ``consolidation_utilization``) that the
@@ -42,6 +48,7 @@ constant signal never moves the count up after it moved down (or down after up).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -60,6 +67,7 @@ class Reason(StrEnum):
     SCALE_UP_PREDICTED = "scale_up_predicted"
     SCALE_UP_MIN_REPLICAS = "scale_up_min_replicas"
     SCALE_DOWN_DRAINED = "scale_down_drained"
+    SCALE_DOWN_CONSOLIDATED = "scale_down_consolidated"
     SCALE_DOWN_NO_TRAFFIC = "scale_down_no_traffic"
     SCALE_DOWN_MAX_REPLICAS = "scale_down_max_replicas"
     HOLD_STEADY = "hold_steady"
@@ -152,6 +160,14 @@ def drain_order(servers: Sequence[ServerObservation]) -> list[ServerObservation]
     """Least loaded first: fewest requests, then longest idle, then the last name."""
     ordered = sorted(servers, key=lambda s: s.name, reverse=True)
     return sorted(ordered, key=lambda s: (s.requests, -s.idle_s))
+
+
+def busy_candidate(ready: Sequence[ServerObservation]) -> list[ServerObservation]:
+    """The least loaded server among those whose tier keeps another one (a tier's last server
+    stays: in a shared pool, a tier with no server of its own would have to start one again)."""
+    per_tier = Counter(s.tier for s in ready)
+    # an empty one is not busy: it waits out ``drain_after_s`` like any idle server
+    return drain_order([s for s in ready if s.requests > 0 and per_tier[s.tier] > 1])[:1]
 
 
 def decide(
@@ -278,6 +294,9 @@ def decide(
     candidates = [
         s for s in drain_order(ready) if s.requests == 0 and s.idle_s >= settings.drain_after_s
     ]
+    busy = not candidates and settings.consolidate_busy
+    if busy:  # none is idle yet (bursts keep feeding the last ones): drain the least loaded
+        candidates = busy_candidate(ready)
     if not candidates:
         return done(replicas, Reason.HOLD_STEADY, demand=demand, spare=spare_after(replicas))
     if replicas <= lo:
@@ -311,12 +330,15 @@ def decide(
             demand=demand,
             spare=spare_after(replicas),
         )
-    reason = Reason.SCALE_DOWN_NO_TRAFFIC if no_traffic else Reason.SCALE_DOWN_DRAINED
+    if busy:
+        reason = Reason.SCALE_DOWN_CONSOLIDATED
+    else:
+        reason = Reason.SCALE_DOWN_NO_TRAFFIC if no_traffic else Reason.SCALE_DOWN_DRAINED
     drained = tuple(s.name for s in candidates[:k])
     return done(
         replicas - k,
         reason,
-        f"idle: {', '.join(drained)}",
+        f"{'least loaded' if busy else 'idle'}: {', '.join(drained)}",
         drained,
         demand,
         spare=spare_after(replicas - k),

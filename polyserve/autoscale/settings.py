@@ -77,6 +77,11 @@ class AutoscaleSettings(BaseModel):
         allow_inf_nan=False,
         description="A server that has held none of the tier's requests this long may be released.",
     )
+    consolidate_busy: bool = Field(
+        default=True,
+        description="When no server is idle but the others can carry the demand, drain the "
+        "least loaded one (it takes no new requests and is released once empty).",
+    )
     max_scale_up_step: int = Field(
         default=8,
         ge=1,

@@ -121,6 +121,8 @@ class ServerObservation(_Wire):
     name: str
     ready: bool
     draining: bool = False
+    #: the tier it serves now (a pool server's changes; None: idle in the pool)
+    tier: str | None = None
     # not validated here: the decision core holds the tier on a negative or NaN value
     requests: int = 0
     idle_s: float = 0.0
@@ -131,6 +133,7 @@ class ServerObservation(_Wire):
             name=backend.name,
             ready=backend.ready,
             draining=backend.draining,
+            tier=backend.tier,
             requests=backend.requests,
             idle_s=backend.idle_s,
         )
