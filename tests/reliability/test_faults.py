@@ -84,12 +84,12 @@ def test_an_engine_refusing_connections(start_engine: Engines, start_router: Rou
         tiers=TIERS,
         backends=[backend("refusing", refusing.urls[0]), backend("good", good.urls[0])],
     )
-    r = start_router(fleet, health_interval_s=60.0)  # only the failed attempts mark it down
+    # the first health round or a failed attempt (then retried) marks it down, whichever is first
+    r = start_router(fleet, health_interval_s=60.0)
     tally = harness.run(r.url, harness.mix(30, MODEL, tiers=("t100",)), concurrency=6)
     tally.check()
     assert not tally.of("error"), tally.summary()  # a healthy engine was there all along
     assert all(o.backend == "good" for o in tally.of("complete"))
-    assert metric_sum(r.url, "polyserve_router_retries_total", backend="refusing") >= 1
     assert not ready(r, "refusing")
     assert_router_settled(r, tally.sent)
 
