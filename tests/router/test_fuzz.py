@@ -30,15 +30,7 @@ from polyserve.router.openapi import openapi_document
 from polyserve.router.spec import FleetSpec
 from polyserve.router.testing import RouterThread
 from tests.mockengine.conftest import raw, wait_until
-from tests.router.test_router_live import (  # the live tests' fleet and router fixture
-    MODEL,
-    PROFILE,
-    TIERS,
-    backend,
-    start_router,
-)
-
-__all__ = ["start_router"]  # a fixture: used by name
+from tests.router.conftest import MODEL, PROFILE, TIERS, backend
 
 KEY = "fuzz-key-0001"
 ADMIN = "fuzz-admin-token-0001"

@@ -15,22 +15,10 @@ import pytest
 
 from polyserve.mockengine import MockEngineSettings, MockEngineThread
 from polyserve.router.auth import KeyEntry, KeyRing
-from polyserve.router.settings import RouterSettings
-from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
+from polyserve.router.spec import FleetSpec
 from polyserve.router.testing import RouterThread
 from tests.mockengine.conftest import raw, scrape, wait_until
-
-PROFILE = "llama-3.1-8b-h100"
-MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-TIERS = [
-    TierSpec(name="t20", model=MODEL, tpot_ms=20, ttft_ms=1000, profile=PROFILE),
-    TierSpec(name="t100", model=MODEL, tpot_ms=100, ttft_ms=2000, profile=PROFILE),
-]
-FAST = {"health_interval_s": 0.1, "scrape_interval_s": 0.1}
-
-
-def backend(name: str, url: str, tier: str | None = "t100", **kw: Any) -> BackendSpec:
-    return BackendSpec(name=name, url=url, model=MODEL, tier=tier, **kw)
+from tests.router.conftest import MODEL, PROFILE, TIERS, backend
 
 
 def dead_url() -> str:
@@ -44,21 +32,6 @@ def dead_url() -> str:
 def engines() -> Iterator[MockEngineThread]:
     with MockEngineThread(MockEngineSettings(port=0, replicas=2, profile=PROFILE)) as fleet:
         yield fleet
-
-
-@pytest.fixture
-def start_router() -> Iterator[Callable[..., RouterThread]]:
-    started: list[RouterThread] = []
-
-    def start(fleet: FleetSpec, keyring: KeyRing | None = None, **settings: Any) -> RouterThread:
-        opts: dict[str, Any] = {"port": 0, "auth": keyring is not None, **FAST, **settings}
-        r = RouterThread(RouterSettings(**opts), fleet, keyring).__enter__()
-        started.append(r)
-        return r
-
-    yield start
-    for r in started:
-        r.__exit__(None, None, None)
 
 
 def client(url: str, key: str = "none", **kw: Any) -> openai.OpenAI:
