@@ -284,8 +284,15 @@ class Router:
             await asyncio.sleep(interval)
 
     async def _follow(self, source: FleetSource) -> None:
-        async for spec in source:
-            self.apply_fleet(spec)
+        """Apply each discovered fleet; one that cannot be applied is logged and the last stays."""
+        try:
+            async for spec in source:
+                try:
+                    self.apply_fleet(spec)
+                except ValueError as exc:  # ProfileError included: nothing was changed
+                    log.error("discovered fleet not applied, keeping the last one: %s", exc)
+        except Exception:
+            log.exception("fleet discovery stopped; serving the last fleet it gave")
 
     # ---------------------------------------------------------------- probes
 

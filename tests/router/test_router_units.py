@@ -323,3 +323,27 @@ def test_the_router_owns_the_priority_field() -> None:
     assert backend_body(client, priority=None) == {"model": M, "prompt": "x"}
     assert backend_body(client, priority=2) == {"model": M, "prompt": "x", "priority": 2}
     assert client["priority"] == -100  # the client's body is not changed
+
+
+def test_discovery_keeps_following_past_a_fleet_it_cannot_apply(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from polyserve.router.server import Router
+    from polyserve.router.settings import RouterSettings
+
+    bad = FleetSpec(tiers=[TIERS[0].model_copy(update={"profile": "no-such-profile"})])
+    good = FleetSpec(tiers=TIERS, backends=backends("t20", "t100"))
+
+    async def snapshots() -> AsyncIterator[FleetSpec]:
+        yield bad
+        yield good
+        raise RuntimeError("watch broke")
+
+    router = Router(RouterSettings(auth=False), FleetSpec(tiers=TIERS))
+    asyncio.run(router._follow(snapshots()))
+    pool = router.pools[M]
+    assert sorted(pool.backends) == ["b0", "b1"]  # the good snapshot after the bad one
+    assert "no-such-profile" in caplog.text and "fleet discovery stopped" in caplog.text
