@@ -92,6 +92,10 @@ def settings(config: OperatorConfig) -> kopf.OperatorSettings:
     s.posting.level = logging.WARNING
     s.watching.server_timeout = 300
     s.watching.reconnect_backoff = 1.0
+    # Watching given namespaces, the operator holds Roles there only (the chart's RBAC): no
+    # cluster-wide list of namespaces and CRDs. Without this kopf retries those lists for about
+    # a minute, serving nothing, at every start, before it falls back to the same namespaces.
+    s.scanning.disabled = bool(config.namespaces)
     return s
 
 
