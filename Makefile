@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit lint bench demo simulate e2e kube-build crds helm chart-check clean
+.PHONY: install test unit lint bench demo simulate e2e e2e-kind kube-build crds helm chart-check clean
 
 install: $(STAMP)
 
@@ -47,6 +47,13 @@ kube-build:
 # The Kubernetes tests against that control plane (they skip when it is not built; here it is).
 e2e: install kube-build
 	POLYSERVE_REQUIRE_KUBE=1 $(PY) -m pytest -q tests/k8s
+
+# The three-tier end-to-end test (tests/k8s/operator/test_three_tiers.py) on a kind cluster: the
+# operator and router images built from operator/Dockerfile and router/Dockerfile, loaded into
+# kind, the chart installed with helm, the test pointed at it. Needs Docker and kind; see
+# tools/kind/e2e.sh (KIND_CLUSTER, KEEP_CLUSTER=1, ...).
+e2e-kind: install helm
+	PYTHON=$(abspath $(PY)) tools/kind/e2e.sh
 
 # The SLOTier CRD, generated from polyserve/operator/model.py (a test keeps both copies current).
 crds: install

@@ -63,15 +63,13 @@ def api(devcluster: DevCluster) -> Any:
     return devcluster.api_client()
 
 
-@pytest.fixture()
-def namespace(api: Any) -> Iterator[str]:
-    """A fresh namespace (deleted afterwards, without waiting) with its default ServiceAccount."""
+def new_namespace(api: Any) -> str:
+    """A fresh namespace, once its default ServiceAccount exists (pods are admitted only then)."""
     from kubernetes import client
 
     core: Any = client.CoreV1Api(api)
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
-    # Pods are admitted only once the serviceaccount controller made "default".
     wait_for(
         lambda: any(
             sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
@@ -79,8 +77,17 @@ def namespace(api: Any) -> Iterator[str]:
         timeout_s=30,
         what=f"the default ServiceAccount in {name}",
     )
+    return name
+
+
+@pytest.fixture()
+def namespace(api: Any) -> Iterator[str]:
+    """A fresh namespace (deleted afterwards, without waiting) with its default ServiceAccount."""
+    from kubernetes import client
+
+    name = new_namespace(api)
     yield name
-    core.delete_namespace(name)
+    client.CoreV1Api(api).delete_namespace(name)
 
 
 def wait_for(
