@@ -322,6 +322,8 @@ def test_three_example_tiers_end_to_end(system: System, tiers: dict[str, dict[st
     status, _, data = _send(system, "voice", key="e2e-batch")
     assert status == 403, data
 
+    # (a request that had to wait during the workload may have grown voice already: back to 1)
+    wait_for(lambda: _ready(system, "voice", 1), timeout_s=60, what="voice at 1 replica")
     with PodRecorder(system.api, system.namespace) as pods:
         # Scale-up under load: voice's requests pend (one server cannot prefill them all within
         # the TTFT), so the autoscaler adds a server.
@@ -441,7 +443,9 @@ def test_operator_restarted_mid_drain_deletes_no_streaming_pod(
         )
         for name, s in streams.items():
             s.join(timeout=60)
-            assert s.error is None and s.done, (name, s.error)
+            assert s.error is None and s.done, (
+                f"{name}'s stream was cut ({s.error}): it went mid-stream"
+            )
             assert s.completion_tokens == 2500, (name, s.completion_tokens)
 
         # Then the drain completes: the lowest cost, the replica released, the pod deleted.
