@@ -115,7 +115,16 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(api)
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)
+    # On stop a loop ends its pass and exits (it checks `stopped` twice a second); cancelled
+    # only if it did not within the backoff.
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        cancellation_backoff=2.0,
+        cancellation_timeout=5.0,
+    )
     async def tier_loop(**kwargs: Any) -> None:
         stopped: kopf.DaemonStopped = kwargs["stopped"]
         name: str = kwargs["name"]
