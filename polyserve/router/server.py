@@ -122,7 +122,10 @@ class Router:
         self._scraped_at: dict[tuple[str, str], float] = {}
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # proxied requests
+        # Health checks and scrapes have their own few connections: sharing the proxy's pool,
+        # they would keep every pooled connection alive, so it never shrank from its peak.
+        self._probe_session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.closing = False  # set by close(): in-flight requests end with a 503 / error event
         self.inflight: set[aiohttp.ClientResponse] = set()  # backend answers being read
@@ -225,6 +228,9 @@ class Router:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
             auto_decompress=False,
         )
+        self._probe_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit_per_host=2, keepalive_timeout=30.0)
+        )
         self._runner = web.AppRunner(
             self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
         )
@@ -270,8 +276,9 @@ class Router:
                 self._settle(ticket, "shutdown")
         for resp in list(self.inflight):  # closing the session alone leaves their reads waiting
             resp.content.set_exception(aiohttp.ClientConnectionError("the router is shutting down"))
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._probe_session):
+            if session is not None:
+                await session.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -302,8 +309,9 @@ class Router:
     async def _get(self, url: str, timeout: float) -> tuple[int, bytes]:
         """The whole body of a probe (``content.read(n)`` would return the first chunk only: half
         a metrics page, its numbers cut); a body over the limit is a failed probe (ValueError)."""
-        assert self._session is not None
-        async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        assert self._probe_session is not None
+        timeout_ = aiohttp.ClientTimeout(total=timeout)
+        async with self._probe_session.get(url, timeout=timeout_) as resp:
             body = bytearray()
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 body += chunk
