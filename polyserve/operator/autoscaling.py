@@ -42,6 +42,10 @@ class _OnOperatorLoop:
             self._source = RouterSource(self.router_url, self.trend_window_s, session)
         return await self._source.observe()
 
+    async def close(self) -> None:
+        if self._source is not None:
+            await self._source.session.close()
+
 
 def router_source(router_url: str, trend_window_s: float = 60.0) -> SignalSource:
     """The router's state over HTTP (``autoscale.sources.RouterSource``)."""
@@ -69,6 +73,12 @@ class RouterAutoscaler:
         self._fetched_at: dict[float, float] = {}
         self._lock = asyncio.Lock()
         self._memory: dict[tuple[str, str], TierMemory] = {}
+
+    async def close(self) -> None:
+        for source in self._sources.values():
+            close = getattr(source, "close", None)  # a SignalSource need not hold anything
+            if close is not None:
+                await close()
 
     async def _refresh(self, window_s: float) -> dict[str, Observation]:
         async with self._lock:

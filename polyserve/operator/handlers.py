@@ -189,16 +189,20 @@ async def run_operator(
     ready_flag: threading.Event | asyncio.Event | None = None,
 ) -> None:
     """Run the operator until ``stop_flag`` is set (or forever)."""
-    await kopf.operator(
-        registry=build_registry(config),
-        settings=settings(config),
-        standalone=True,
-        clusterwide=not config.namespaces,
-        namespaces=list(config.namespaces),
-        liveness_endpoint=config.liveness_endpoint,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    )
+    try:
+        await kopf.operator(
+            registry=build_registry(config),
+            settings=settings(config),
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=list(config.namespaces),
+            liveness_endpoint=config.liveness_endpoint,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        if config.autoscaler is not None:
+            await config.autoscaler.close()
 
 
 @contextmanager

@@ -126,6 +126,10 @@ class Autoscaler(Protocol):
         autoscaling off only the attainment is used."""
         ...
 
+    async def close(self) -> None:
+        """Release what the signal source holds (HTTP sessions); the operator is stopping."""
+        ...
+
 
 class StreamProbe(Protocol):
     """How many requests a pod still serves (None: unknown; the drain then waits for its

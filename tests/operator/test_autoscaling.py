@@ -135,3 +135,18 @@ def test_each_tier_reads_its_rates_over_its_own_trend_window() -> None:
     for obs in (observation(1), short, observation(1), short):
         asyncio.run(scaler.decide(obs))
     assert asked == [observation(1).spec.autoscaling.trend_window_s, 20.0]  # one source each
+
+
+def test_close_releases_the_router_sources_sessions() -> None:
+    from polyserve.operator.autoscaling import router_sources
+
+    async def run() -> list[bool]:
+        a = RouterAutoscaler(router_sources("http://127.0.0.1:9"), refresh_s=0.0)
+        await a._refresh(30.0)  # nothing listens there: no signals, but a session is open
+        await a._refresh(60.0)
+        sessions = [s._source.session for s in a._sources.values()]  # type: ignore[attr-defined]
+        assert not any(s.closed for s in sessions)
+        await a.close()
+        return [s.closed for s in sessions]
+
+    assert asyncio.run(run()) == [True, True]
