@@ -73,6 +73,7 @@ class RouterAutoscaler:
         self._fetched_at: dict[float, float] = {}
         self._lock = asyncio.Lock()
         self._memory: dict[tuple[str, str], TierMemory] = {}
+        self._last: dict[tuple[str, str], tuple[float, ScalingDecision]] = {}
 
     async def close(self) -> None:
         for source in self._sources.values():
@@ -98,6 +99,17 @@ class RouterAutoscaler:
 
     async def decide(self, tier: TierObservation) -> ScalingDecision | None:
         spec = tier.spec
+        key = (tier.namespace, tier.name)
+        now = time.time()  # the router stamps its snapshot with its wall clock
+        last = self._last.get(key)
+        # Passes come at every pod event; the tier decides once per decisionIntervalS (unless its
+        # count is not what the last decision asked for: that is news the core must see).
+        if (
+            last is not None
+            and now - last[0] < spec.autoscaling.decision_interval_s
+            and last[1].replicas == tier.desired
+        ):
+            return last[1]
         observations = await self._refresh(spec.autoscaling.trend_window_s)
         target = TierTarget(
             tier.name,
@@ -105,22 +117,16 @@ class RouterAutoscaler:
             spec.replicas.max,
             typical_capacity_rps(tier.profile, spec.tpot_ms),
         )
-        key = (tier.namespace, tier.name)
         obs = observations.get(tier.name)
-        d = decide(
-            target,
-            obs,
-            tier.desired,
-            self._memory.get(key),
-            spec.autoscaling,
-            time.time(),  # the router stamps its snapshot with its wall clock
-        )
+        d = decide(target, obs, tier.desired, self._memory.get(key), spec.autoscaling, now)
         self._memory[key] = d.memory
         reason = "".join(word.capitalize() for word in d.reason.value.split("_"))
-        return ScalingDecision(
+        decision = ScalingDecision(
             replicas=d.desired,
             reason=reason,
             message=d.detail,
             attainment=obs.attainment if obs is not None else None,
             drain_first=d.drain,
         )
+        self._last[key] = (now, decision)
+        return decision

@@ -15,8 +15,11 @@ from polyserve.profile import load_profile
 from tests.operator.test_reconcile import spec
 
 
-def observation(desired: int) -> TierObservation:
-    s = spec(replicas={"min": 1, "max": 4, "fixed": None}, autoscaling={"enabled": True})
+def observation(desired: int, interval_s: float = 10.0) -> TierObservation:
+    s = spec(
+        replicas={"min": 1, "max": 4, "fixed": None},
+        autoscaling={"enabled": True, "decisionIntervalS": interval_s},
+    )
     return TierObservation(
         namespace="ns",
         name="chat",
@@ -101,9 +104,9 @@ def test_the_decision_carries_the_routers_attainment_over_the_window() -> None:
     now = time.time()
     source = Snapshots(counters(now - 10, 100, 50, 0), counters(now, 130, 77, 2))
     scaler = RouterAutoscaler(lambda w: source, refresh_s=0.0)
-    first = asyncio.run(scaler.decide(observation(1)))
+    first = asyncio.run(scaler.decide(observation(1, interval_s=1e-6)))
     assert first is not None and first.attainment is None  # one sample: no window yet
-    second = asyncio.run(scaler.decide(observation(1)))
+    second = asyncio.run(scaler.decide(observation(1, interval_s=1e-6)))
     assert second is not None and second.attainment is not None
     assert abs(second.attainment - 27 / 32) < 1e-9
 
@@ -128,6 +131,7 @@ def test_each_tier_reads_its_rates_over_its_own_trend_window() -> None:
     short = observation(1)
     short = replace(
         short,
+        name="chat-short",  # another tier (one tier decides once per interval)
         spec=short.spec.model_copy(
             update={"autoscaling": short.spec.autoscaling.model_copy(update={"trend_window_s": 20})}
         ),
@@ -150,3 +154,16 @@ def test_close_releases_the_router_sources_sessions() -> None:
         return [s.closed for s in sessions]
 
     assert asyncio.run(run()) == [True, True]
+
+
+def test_a_tier_decides_once_per_decision_interval() -> None:
+    """Operator passes come at every pod event; between decisions the last one stands, unless the
+    count is not what it asked for."""
+    source = Snapshots(state(pending=12, oldest=5.0), state(pending=0, oldest=0.0))
+    scaler = RouterAutoscaler(lambda w: source, refresh_s=0.0)
+    up = asyncio.run(scaler.decide(observation(1, interval_s=25.0)))
+    assert up is not None and up.reason == "ScaleUpPending"
+    again = asyncio.run(scaler.decide(observation(up.replicas, interval_s=25.0)))
+    assert again is up  # within the interval: the same decision, the router not even asked
+    changed = asyncio.run(scaler.decide(observation(4, interval_s=25.0)))
+    assert changed is not None and changed is not up and changed.reason == "HoldExternalChange"
