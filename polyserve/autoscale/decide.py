@@ -28,9 +28,9 @@ servers to drain first, and a machine-readable :class:`Reason`. The rules, in or
    carry the demand at no more than ``consolidation_utilization`` of their capacity. Longest idle
    first; ``max_scale_down_step`` at a time, except with no traffic at all (every idle server goes).
    With ``consolidate_busy``, when no server is idle the least loaded one (of a tier that keeps
-   another) is the candidate, under the same conditions, one at a time (``scale_down_consolidated``): on a bursty trace the gradient
-   rarely leaves a server idle for ``drain_after_s``, because each burst spills onto the last
-   servers. A drained server takes no new requests and every actuator releases it only once its
+   another) is the candidate, under the same conditions, one at a time
+   (``scale_down_consolidated``): on a bursty trace the gradient rarely leaves a server idle for
+   ``drain_after_s``, because each burst spills onto the last servers. A drained server takes no new requests and every actuator releases it only once its
    requests are done (the simulator and the local fleet when it is empty, the operator when its pod
    has no streams), so nothing is cut.
 
