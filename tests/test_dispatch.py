@@ -87,3 +87,12 @@ def test_a_hopeless_request_behind_the_head_is_left_for_the_deadline_rule(
 def test_negative_lookahead_is_refused() -> None:
     with pytest.raises(ValueError, match="lookahead"):
         TierQueues(["reject"], lambda r: r, lookahead=-1)
+
+
+def test_take_expired_takes_the_heads_that_waited_too_long(profile: Profile) -> None:
+    queues, _, _ = _setup(profile, budget=0, lookahead=4)
+    for r in [_req(0, 10, arrival=0.0), _req(1, 10, arrival=5.0), _req(2, 10, arrival=1.0)]:
+        queues.push(r)
+    # #2 is old enough but behind a fresh one: heads only
+    assert [r.rid for r in queues.take_expired(now=9.0, max_wait_s=8.0)] == [0]
+    assert [r.rid for r in queues.queues[0]] == [1, 2]

@@ -78,6 +78,16 @@ class TierQueues(Generic[T]):
         q = self.queues[tier]
         return self._pending_of(q[0]).arrival if q else None
 
+    def take_expired(self, now: float, max_wait_s: float) -> list[T]:
+        """Take out the items that arrived ``max_wait_s`` or more ago, looking at heads only (a
+        queue is in arrival order, but for a retried request put back at its front, which delays
+        the check of those behind it by at most its own remaining wait)."""
+        out: list[T] = []
+        for q in self.queues:
+            while q and now - self._pending_of(q[0]).arrival >= max_wait_s:
+                out.append(q.popleft())
+        return out
+
     def take_all(self) -> list[T]:
         """Empty every queue (nothing can ever place them), oldest tier-order first."""
         items = [item for q in self.queues for item in q]

@@ -304,14 +304,9 @@ class ModelPool:
         """Take out the queued tickets that arrived ``max_wait_s`` or more ago (to be answered).
 
         A tier that waits (``wait``, or ``degrade`` with nowhere to degrade to) would otherwise
-        hold a request forever when no server can ever take it. Only heads are looked at: a
-        queue is in arrival order but for a retried request put back at its front, which delays
-        the check of those behind it by at most its own remaining wait.
+        hold a request forever when no server can ever take it.
         """
-        out: list[Ticket] = []
-        for q in self.queues.queues:
-            while q and now - q[0].pending.arrival >= max_wait_s:
-                ticket = q.popleft()
-                ticket.state = "rejected"
-                out.append(ticket)
+        out = self.queues.take_expired(now, max_wait_s)
+        for ticket in out:
+            ticket.state = "rejected"
         return out
