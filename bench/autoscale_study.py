@@ -75,6 +75,10 @@ AUTOSCALER_VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
+#: The static fleets swept, as multiples of the fluid peak (every whole size in between).
+STATIC_RANGE = (0.85, 1.3)
+
+
 def build_replay(workload: str, copies: int, minutes: float | None, startup_s: float) -> Replay:
     prof = load_profile(PROFILE)
     shapes = read_azure(TRACES[workload])
@@ -114,7 +118,11 @@ def run_job(job: Job) -> tuple[Job, ReplayResult]:
 def jobs_for(replay: Replay) -> list[Job]:
     """The runs: one per baseline knob (a short sweep around what works; see the module doc)."""
     peak = replay.peak_servers()
-    statics = sorted({math.ceil(peak * f) for f in (1.1, 1.3, 1.6)})
+    # every fleet size around the fluid peak: the cheapest that reaches the goal is the baseline,
+    # so a coarse grid would flatter the autoscaler (``study`` warns if the smallest one reaches it)
+    statics = range(
+        max(1, math.floor(peak * STATIC_RANGE[0])), math.ceil(peak * STATIC_RANGE[1]) + 1
+    )
     jobs = [
         Job(family, kind, variant=v)
         for family, kind in (
@@ -178,6 +186,11 @@ def study(
                 f"({res.result.wall_seconds:.0f} s)",
                 highlight=False,
             )
+    statics = by_family.get("static for the peak", [])
+    if statics and min(statics, key=lambda r: r.peak_replicas).attainment >= goal:
+        console.print(
+            "[yellow]the smallest static fleet swept reaches the goal: lower STATIC_RANGE[0][/]"
+        )
     chosen = {f: pick(rs, goal) for f, rs in by_family.items()}
     mine = chosen.pop("polyserve + autoscaler")
     pooled = chosen.pop("polyserve + autoscaler, one pool", None)

@@ -76,6 +76,13 @@ def test_scale_ahead_off_ignores_the_trend() -> None:
     assert d.reason is Reason.HOLD_CONSOLIDATION and d.desired == 3
 
 
+def test_scale_ahead_off_still_follows_the_current_rate() -> None:
+    cfg = CFG.model_copy(update={"scale_ahead": False})
+    # 40 req/s x 1.2 = 4.8 servers now (flat trend): up to 5 with nothing pending
+    d = run(obs(arrival_rate=40, arrival_rate_prev=40, servers=servers(5, 5, 5)), 3, cfg=cfg)
+    assert d.reason is Reason.SCALE_UP_PREDICTED and d.desired == 5
+
+
 def test_scale_up_to_min_and_down_to_max() -> None:
     target = TierTarget("chat", 2, 3, 10.0)
     assert run(obs(servers=servers()), 0, target=target).reason is Reason.SCALE_UP_MIN_REPLICAS
@@ -103,6 +110,25 @@ def test_scale_down_consolidated_drains_the_least_loaded_busy_server() -> None:
     assert d.desired == 2 and d.drain == ("s1",)
     off = run(o, 3, cfg=CFG.model_copy(update={"consolidate_busy": False}))
     assert off.reason is Reason.HOLD_STEADY and off.desired == 3
+
+
+def test_scale_down_consolidated_releases_up_to_the_step_and_keeps_each_tier() -> None:
+    o = obs(
+        arrival_rate=5,
+        arrival_rate_prev=5,
+        servers=(
+            ServerObservation(name="a0", tier="t20", ready=True, requests=1),
+            ServerObservation(name="b0", tier="t50", ready=True, requests=2),
+            ServerObservation(name="b1", tier="t50", ready=True, requests=3),
+            ServerObservation(name="b2", tier="t50", ready=True, requests=9),
+        ),
+    )
+    cfg = CFG.model_copy(update={"max_scale_down_step": 3})
+    d = run(o, 4, cfg=cfg)
+    # a0 is t20's only server; t50 keeps its busiest: b0 and b1 go, least loaded first
+    assert d.reason is Reason.SCALE_DOWN_CONSOLIDATED
+    assert d.drain == ("b0", "b1") and d.desired == 2
+    assert run(o, 4).drain == ("b0",)  # the default step is one
 
 
 def test_no_traffic_scales_to_min_zero_at_once() -> None:
@@ -304,10 +330,19 @@ def test_invariants(
         if d.reason is Reason.SCALE_DOWN_CONSOLIDATED:
             # a server with requests only when none is idle: the least loaded, one at a time,
             # and only if the rest carry the demand (it is released once its requests are done)
-            busy = [s for s in o.servers if s.ready and not s.draining and s.requests > 0]
-            assert len(d.drain) == 1 and by_name[d.drain[0]] in busy
-            assert by_name[d.drain[0]].requests == min(s.requests for s in busy)
-            assert len(busy) > 1  # a tier's last server stays
+            ready = [s for s in o.servers if s.ready and not s.draining]
+            busy = [s for s in ready if s.requests > 0]
+            drained = [by_name[n] for n in d.drain]
+            assert 1 <= len(drained) <= cfg.max_scale_down_step
+            assert all(s in busy for s in drained)
+            kept = [s for s in ready if s not in drained]
+            for tier in {s.tier for s in drained}:
+                assert any(s.tier == tier for s in kept)  # a tier's last server stays
+            # least loaded first: a busier one went only where a lighter one had to stay
+            for s in drained:
+                for x in busy:
+                    if x not in drained and x.requests < s.requests:
+                        assert not any(k.tier == x.tier and k is not x for k in kept)
             assert d.demand_servers <= d.desired * cfg.consolidation_utilization
         elif replicas <= target.max_replicas:
             # an idle drain never names a server with requests

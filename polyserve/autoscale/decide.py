@@ -14,25 +14,25 @@ servers to drain first, and a machine-readable :class:`Reason`. The rules, in or
 5. **scale up** to the larger of two targets:
 
    - *pending*: requests of the tier wait (the oldest at least ``scale_up_wait_s``) or were shed
-     in the last window (more than ``shed_tolerance`` of its arrivals), so there is nowhere to put them: add a server, unless servers already
-     starting will take them (they are given ``startup_s`` + the up cooldown); the size of a surge
-     is the predicted target's business;
-   - *predicted* (``scale_ahead``): the arrival rate extrapolated one start-up time (plus a
-     decision interval and half a trend window) ahead along its trend, times ``headroom``,
-     divided by the profile's per-server capacity at the tier's TPOT; the servers must be asked
-     for now to be ready then.
+     in the last window (more than ``shed_tolerance`` of its arrivals), so there is nowhere to put
+     them: add a server, unless servers already starting will take them (they are given
+     ``startup_s`` + the up cooldown); the size of a surge is the demand target's business;
+   - *demand*: the arrival rate times ``headroom``, divided by the profile's per-server capacity
+     at the tier's TPOT; with ``scale_ahead`` the rate is first extrapolated one start-up time
+     (plus a decision interval and half a trend window) ahead along its trend, since the servers
+     must be asked for now to be ready then.
 
 6. **scale down**: a server that has held no request for ``drain_after_s`` is a drain candidate
    (the load gradient empties the last servers of a tier); it is released only when nothing waits,
    the scale-down cooldown is over, the count stays at or above ``min``, and the remaining servers
    carry the demand at no more than ``consolidation_utilization`` of their capacity. Longest idle
    first; ``max_scale_down_step`` at a time, except with no traffic at all (every idle server goes).
-   With ``consolidate_busy``, when no server is idle the least loaded one (of a tier that keeps
-   another) is the candidate, under the same conditions, one at a time
-   (``scale_down_consolidated``): on a bursty trace the gradient rarely leaves a server idle for
-   ``drain_after_s``, because each burst spills onto the last servers. A drained server takes no new requests and every actuator releases it only once its
-   requests are done (the simulator and the local fleet when it is empty, the operator when its pod
-   has no streams), so nothing is cut.
+   With ``consolidate_busy``, when no server is idle the least loaded ones are the candidates
+   (each tier keeps one), under the same conditions (``scale_down_consolidated``): on a bursty
+   trace the gradient rarely leaves a server idle for ``drain_after_s``, because each burst spills
+   onto the last servers. A drained server takes no new requests and every actuator releases it
+   only once its requests are done (the simulator and the local fleet when it is empty, the
+   operator when its pod has no streams), so nothing is cut.
 
 Lazy promotion: a looser tier's requests may run on a tighter tier's servers when their own are
 full. ``borrowable_rps`` is the spare capacity (req/s at ``consolidation_utilization``) that the
@@ -162,12 +162,17 @@ def drain_order(servers: Sequence[ServerObservation]) -> list[ServerObservation]
     return sorted(ordered, key=lambda s: (s.requests, -s.idle_s))
 
 
-def busy_candidate(ready: Sequence[ServerObservation]) -> list[ServerObservation]:
-    """The least loaded server among those whose tier keeps another one (a tier's last server
-    stays: in a shared pool, a tier with no server of its own would have to start one again)."""
-    per_tier = Counter(s.tier for s in ready)
+def busy_candidates(ready: Sequence[ServerObservation]) -> list[ServerObservation]:
+    """Busy servers least loaded first, each tier keeping at least one of its servers (a tier's last
+    server stays: in a shared pool, a tier with no server of its own would start one again)."""
+    left = Counter(s.tier for s in ready)
+    out = []
     # an empty one is not busy: it waits out ``drain_after_s`` like any idle server
-    return drain_order([s for s in ready if s.requests > 0 and per_tier[s.tier] > 1])[:1]
+    for s in drain_order([s for s in ready if s.requests > 0]):
+        if left[s.tier] > 1:
+            left[s.tier] -= 1
+            out.append(s)
+    return out
 
 
 def decide(
@@ -253,7 +258,7 @@ def decide(
             held_for_starting = True
         else:
             pending_target = replicas + 1
-    predicted_target = math.ceil(demand - 1e-9) if settings.scale_ahead else 0
+    predicted_target = math.ceil(demand - 1e-9)
     up_target = max(pending_target, predicted_target)
     if up_target > replicas:
         desired = min(up_target, replicas + settings.max_scale_up_step, hi)
@@ -296,7 +301,7 @@ def decide(
     ]
     busy = not candidates and settings.consolidate_busy
     if busy:  # none is idle yet (bursts keep feeding the last ones): drain the least loaded
-        candidates = busy_candidate(ready)
+        candidates = busy_candidates(ready)
     if not candidates:
         return done(replicas, Reason.HOLD_STEADY, demand=demand, spare=spare_after(replicas))
     if replicas <= lo:
