@@ -8,11 +8,14 @@ that reaches the attainment goal is reported (its best attainment if none does):
 
 - PolyServe routing + this autoscaler (per-tier servers, default ``AutoscaleSettings``), and the
   same decision core scaling one pool of floating servers (PolyServe's idle pool re-bins them);
-- static provisioning for the peak (PolyServe routing, floating servers; the smallest fleet that
-  reaches the goal);
+- static provisioning for the peak (PolyServe routing, floating servers; every size from 0.85x to
+  1.3x the fluid peak, the smallest that reaches the goal: an oracle's choice);
 - HPA on average KV-cache utilisation over one pool (least-outstanding routing, and PolyServe);
 - KEDA on ``vllm:num_requests_waiting`` over one pool;
-- per-tier HPA on static partitions (least-outstanding inside each tier).
+- per-tier HPA on static partitions (least-outstanding inside each tier);
+
+and, as a reference that no scaler can match, a clairvoyant tracker that sizes the pool for the
+coming minute's fluid demand times a margin, with no start-up (``clairvoyant.py``).
 
     .venv/bin/python bench/autoscale_study.py            # both traces, whole hour (~25 min)
     .venv/bin/python bench/autoscale_study.py --quick    # 10 min of the conversation trace
@@ -37,6 +40,7 @@ from polyserve.autoscale.replay import (
     ReplayResult,
     run_autoscaler,
     run_autoscaler_pool,
+    run_clairvoyant,
     run_hpa,
     run_static,
 )
@@ -52,7 +56,7 @@ console = Console(force_terminal=False, soft_wrap=True)
 @dataclass(frozen=True)
 class Job:
     family: str
-    kind: str  # autoscaler | static | hpa
+    kind: str  # autoscaler | autoscaler-pool | static | hpa | clairvoyant
     knob: float = 0.0
     metric: str = "kv"
     per_tier: bool = False
@@ -61,19 +65,32 @@ class Job:
 
 
 #: The autoscaler's own knobs, swept like the baselines' (the table shows the cheapest that reaches
-#: the goal): the defaults, a tighter margin, and no scale-ahead (the trend's noise costs servers
-#: on a slowly varying trace; see the README).
+#: the goal): the defaults; a tighter margin without scale-ahead (the trend's noise costs servers on
+#: a slowly varying trace; see the README); and a tracker that follows the rate with a wider margin,
+#: grows on sheds only above 2% and releases up to 4 servers at a time.
 AUTOSCALER_VARIANTS: dict[str, dict[str, object]] = {
     "defaults": {},
-    "headroom 1.1, consolidation 0.9": {"headroom": 1.1, "consolidation_utilization": 0.9},
-    "no scale-ahead": {"scale_ahead": False},
     "headroom 1.1, consolidation 0.9, no scale-ahead": {
         "headroom": 1.1,
         "consolidation_utilization": 0.9,
         "scale_ahead": False,
     },
+    "tracking: headroom 1.25, consolidation 0.95, shed 2%, release 4, no scale-ahead": {
+        "headroom": 1.25,
+        "consolidation_utilization": 0.95,
+        "shed_tolerance": 0.02,
+        "max_scale_down_step": 4,
+        "scale_ahead": False,
+    },
 }
 
+
+#: The autoscaler's families (the rest are baselines), the first one plotted.
+OURS = ("polyserve + autoscaler", "polyserve + autoscaler, one pool")
+
+#: The reference that reads the trace ahead (not a baseline; ``polyserve/autoscale/clairvoyant.py``)
+CLAIRVOYANT = "clairvoyant tracker (reference, no start-up)"
+CLAIRVOYANT_MARGINS = (1.15, 1.2, 1.25, 1.3, 1.4)
 
 #: The static fleets swept, as multiples of the fluid peak (every whole size in between).
 STATIC_RANGE = (0.85, 1.3)
@@ -110,6 +127,8 @@ def run_job(job: Job) -> tuple[Job, ReplayResult]:
         return job, res
     if job.kind == "static":
         return job, run_static(replay, int(job.knob))
+    if job.kind == "clairvoyant":
+        return job, run_clairvoyant(replay, job.knob)
     metric = "waiting" if job.metric == "waiting" else "kv"
     cap = 3 * math.ceil(replay.peak_servers()) + 4  # maxReplicas: room, but not unbounded
     return job, run_hpa(replay, metric, job.knob, job.per_tier, job.policy, max_replicas=cap)
@@ -132,6 +151,7 @@ def jobs_for(replay: Replay) -> list[Job]:
         for v in AUTOSCALER_VARIANTS
     ]
     jobs += [Job("static for the peak", "static", n) for n in statics]
+    jobs += [Job(CLAIRVOYANT, "clairvoyant", m) for m in CLAIRVOYANT_MARGINS]
     jobs += [Job("HPA KV utilisation, least-outstanding", "hpa", t) for t in (0.05, 0.15)]
     jobs += [
         Job("HPA KV utilisation, PolyServe routing", "hpa", t, policy="polyserve")
@@ -140,6 +160,18 @@ def jobs_for(replay: Replay) -> list[Job]:
     jobs += [Job("KEDA waiting, least-outstanding", "hpa", 1.0, "waiting")]
     jobs += [Job("per-tier HPA on static partitions", "hpa", t, per_tier=True) for t in (0.15, 0.3)]
     return jobs
+
+
+def _saving(candidates: list[ReplayResult], best: ReplayResult | None, goal: float) -> float:
+    """1 - the cheapest candidate at the goal / the best baseline (NaN if either is missing)."""
+    ok = [r.gpu_s_per_request for r in candidates if r.attainment >= goal]
+    return 1 - min(ok) / best.gpu_s_per_request if ok and best is not None else math.nan
+
+
+def _fewer(saving: float) -> str:
+    if not math.isfinite(saving):
+        return "has no comparison (the goal was not met by both)"
+    return f"uses {saving:.1%} fewer" if saving >= 0 else f"uses {-saving:.1%} more"
 
 
 def pick(results: list[ReplayResult], goal: float) -> ReplayResult:
@@ -192,8 +224,8 @@ def study(
             "[yellow]the smallest static fleet swept reaches the goal: lower STATIC_RANGE[0][/]"
         )
     chosen = {f: pick(rs, goal) for f, rs in by_family.items()}
-    mine = chosen.pop("polyserve + autoscaler")
-    pooled = chosen.pop("polyserve + autoscaler, one pool", None)
+    reference = chosen.pop(CLAIRVOYANT, None)
+    ours = [(f, r) for f in OURS if (r := chosen.pop(f, None)) is not None]
     ok_baselines = [r for r in chosen.values() if r.attainment >= goal]
     best = min(ok_baselines, key=lambda r: r.gpu_s_per_request) if ok_baselines else None
     rows = []
@@ -204,46 +236,37 @@ def study(
     )
     rows.append(header)
     rows.append("|" + "---|" * (5 + len(PAPER_TIERS)))
-    ours = [("polyserve + autoscaler", mine)]
-    if pooled is not None:
-        ours.append(("polyserve + autoscaler, one pool", pooled))
-    for family, r in [*ours, *chosen.items()]:
+    refs = [(CLAIRVOYANT, reference)] if reference is not None else []
+    for family, r in [*ours, *chosen.items(), *refs]:
         tiers = " | ".join(f"{r.tier_attainment(t.name):.4f}" for t in PAPER_TIERS.tiers)
         note = "" if r.attainment >= goal else " (never reached the goal)"
         rows.append(
             f"| {family} | {r.knob or 'defaults'}{note} | {r.attainment:.4f} | {tiers} | "
             f"{r.gpu_s_per_request:.4f} | {r.peak_replicas} |"
         )
-    ok_ours = [r for _, r in ours if r.attainment >= goal]
-    saving = (
-        1 - min(r.gpu_s_per_request for r in ok_ours) / best.gpu_s_per_request
-        if best is not None and ok_ours
-        else math.nan
-    )
     table = "\n".join(rows)
     console.print(table, highlight=False)
+    saving = _saving([r for _, r in ours], best, goal)
     console.print(
-        f"GPU-seconds per request of the autoscaler vs the best baseline at >= {goal:.0%}: "
-        + (
-            f"{saving:.1%} fewer"
-            if math.isfinite(saving) and saving >= 0
-            else f"{-saving:.1%} more"
-            if math.isfinite(saving)
-            else "no comparison (the goal was not met by both)"
-        )
-        + f"  [{time.perf_counter() - t0:.0f} s]",
+        f"GPU-seconds per request vs the best baseline at >= {goal:.0%}: the autoscaler "
+        f"{_fewer(saving)}; the clairvoyant reference "
+        f"{_fewer(_saving([reference] if reference else [], best, goal))}"
+        f"  [{time.perf_counter() - t0:.0f} s]",
         highlight=False,
     )
     out.mkdir(parents=True, exist_ok=True)
-    plot = replicas_over_time(
-        mine,
-        [r for r in chosen.values() if r.attainment >= goal],
-        PAPER_TIERS,
-        f"{workload}: replicas per tier (stacked) vs load, start-up {startup_s:g} s",
-        out / f"replicas_{workload}.png",
-    )
-    console.print(f"wrote {plot}", highlight=False)
-    reasons = {f"{t}/{r}": n for (t, r), n in sorted((mine.reasons or {}).items())}
+    reasons: dict[str, int] = {}
+    if ours:
+        mine = ours[0][1]
+        plot = replicas_over_time(
+            mine,
+            [r for r in chosen.values() if r.attainment >= goal],
+            PAPER_TIERS,
+            f"{workload}: replicas per tier (stacked) vs load, start-up {startup_s:g} s",
+            out / f"replicas_{workload}.png",
+        )
+        console.print(f"wrote {plot}", highlight=False)
+        reasons = {f"{t}/{r}": n for (t, r), n in sorted((mine.reasons or {}).items())}
     return {
         "workload": workload,
         "requests": len(replay.arrivals),
@@ -266,7 +289,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="simulations in parallel")
     ap.add_argument("--out", type=Path, default=Path("out/autoscale"))
     ap.add_argument(
-        "--only", default=None, help="comma-separated run kinds: autoscaler, static, hpa"
+        "--only",
+        default=None,
+        help="comma-separated run kinds: autoscaler, autoscaler-pool, static, hpa, clairvoyant",
     )
     args = ap.parse_args()
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]

@@ -7,8 +7,9 @@ import random
 import pytest
 
 from polyserve.autoscale.baselines import HPABehavior, hpa_recommendation
+from polyserve.autoscale.clairvoyant import FluidDemand
 from polyserve.autoscale.decide import Reason
-from polyserve.autoscale.replay import Replay, run_autoscaler, run_static
+from polyserve.autoscale.replay import Replay, run_autoscaler, run_clairvoyant, run_static
 from polyserve.autoscale.settings import AutoscaleSettings
 from polyserve.autoscale.signals import RouterState, TierState
 from polyserve.autoscale.trend import ArrivalTrend, StateReader
@@ -180,3 +181,31 @@ def test_pool_mode_grows_and_shrinks_one_floating_fleet() -> None:
     counts = [s.replicas[0] for s in res.history]
     assert max(counts) > counts[0] + 1 and counts[-1] < max(counts)
     assert res.attainment > 0.9
+
+
+def test_fluid_demand_bins_the_arrivals_by_their_tier_capacity() -> None:
+    arrivals = [
+        Arrival(0, 1.0, 800, 150, 0, 1000.0, 50.0),
+        Arrival(1, 5.0, 800, 150, 1, 1000.0, 100.0),
+        Arrival(2, 15.0, 800, 150, 0, 1000.0, 50.0),
+    ]
+    demand = FluidDemand.of(arrivals, [2.0, 4.0])
+    # one request at 2 req/s per server is half a server-second, at 4 req/s a quarter
+    assert demand.bins == (0.75, 0.5)
+    assert demand.servers(0.0, 10.0) == pytest.approx(0.075)
+    assert demand.servers(0.0, 20.0) == pytest.approx(1.25 / 20)
+    assert demand.servers(30.0, 10.0) == 0.0  # past the trace
+    with pytest.raises(ValueError, match="bin width"):
+        FluidDemand.of(arrivals, [2.0, 4.0], bin_s=0.0)
+
+
+def test_the_clairvoyant_reference_is_sized_before_the_step_and_shrinks_after() -> None:
+    arrivals = step_load(low=4.0, high=80.0, t_up=90.0, t_down=150.0, t_end=240.0)
+    replay = Replay(PROF, TIERS, arrivals, startup_s=60.0)
+    res = run_clairvoyant(replay, margin=1.2)
+    low = [sum(s.replicas) for s in res.history if s.time < 30.0]
+    high = [sum(s.ready) for s in res.history if 90.0 <= s.time < 100.0]
+    after = [sum(s.replicas) for s in res.history if s.time >= 160.0]
+    assert high and min(high) > max(low)  # ready when the step arrives: it read the trace ahead
+    assert max(after) < min(high)
+    assert res.pool and res.knob == "margin 1.2"

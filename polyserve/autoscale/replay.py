@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from polyserve.autoscale.baselines import HPABehavior, HPAScaler, Metric, StaticScaler
+from polyserve.autoscale.clairvoyant import ClairvoyantScaler, FluidDemand
 from polyserve.autoscale.decide import Autoscaler, TierTarget
 from polyserve.autoscale.pool import POOL
 from polyserve.autoscale.settings import AutoscaleSettings
@@ -58,15 +59,9 @@ class Replay:
 
     def peak_servers(self, window_s: float = 60.0) -> float:
         """Fluid servers the busiest window needs (the static fleet's starting point)."""
-        end = max(a.time for a in self.arrivals)
-        caps = self.capacities()
-        best = 0.0
-        t = 0.0
-        while t < end:
-            need = sum(r / c for r, c in zip(self.rate_at(t, window_s), caps, strict=True) if c)
-            best = max(best, need)
-            t += window_s
-        return best
+        demand = FluidDemand.of(self.arrivals, self.capacities())
+        windows = math.ceil(len(demand.bins) * demand.bin_s / window_s)
+        return max(demand.servers(k * window_s, window_s) for k in range(windows))
 
 
 @dataclass
@@ -216,3 +211,21 @@ def run_hpa(
     kind = "KEDA waiting" if metric == "waiting" else "HPA KV utilisation"
     name = f"{'per-tier ' if per_tier else ''}{kind} ({policy})"
     return ReplayResult(name, res, scaler.history, not per_tier, knob=f"target {target:g}")
+
+
+def run_clairvoyant(
+    replay: Replay, margin: float, window_s: float = 60.0, progress: Progress | None = None
+) -> ReplayResult:
+    """The clairvoyant reference (``clairvoyant.py``): not a baseline, a bound on tracking."""
+    demand = FluidDemand.of(replay.arrivals, replay.capacities())
+
+    def build(sim: FleetSim) -> tuple[Scaler, VirtualActuator]:
+        act = VirtualActuator(sim, 0.0, pool=True)
+        scaler = ClairvoyantScaler(act, demand, margin, window_s)
+        act.provision(POOL, scaler.target(0.0))
+        return scaler, act
+
+    res, scaler = _run(replay, "polyserve", build, progress)
+    assert isinstance(scaler, ClairvoyantScaler)
+    name = "clairvoyant tracker (reference)"
+    return ReplayResult(name, res, scaler.history, True, knob=f"margin {margin:g}")
