@@ -69,6 +69,15 @@ def test_scale_up_predicted_from_a_rising_trend() -> None:
     assert predicted_rate(o, CFG) > 20
 
 
+def test_the_reason_names_the_target_that_sets_the_step() -> None:
+    # requests wait and 40 req/s x 1.2 needs 5 servers: the demand sets the step
+    o = obs(pending=3, oldest_wait_s=1.0, arrival_rate=40, arrival_rate_prev=40)
+    assert run(o, 3).reason is Reason.SCALE_UP_PREDICTED
+    # capped at one more server (max 4), the pending requests alone explain it
+    capped = run(o, 3, target=TierTarget("chat", 1, 4, 10.0))
+    assert capped.reason is Reason.SCALE_UP_PENDING and capped.desired == 4
+
+
 def test_scale_ahead_off_ignores_the_trend() -> None:
     cfg = CFG.model_copy(update={"scale_ahead": False})
     d = run(obs(arrival_rate=20, arrival_rate_prev=10, servers=servers(5, 5, 5)), 3, cfg=cfg)

@@ -262,7 +262,9 @@ def decide(
     up_target = max(pending_target, predicted_target)
     if up_target > replicas:
         desired = min(up_target, replicas + settings.max_scale_up_step, hi)
-        by_pending = pending_target >= predicted_target
+        # the reason is the target that explains the step: pending, unless the demand asks for
+        # more than one server and the caps let more than one through
+        by_pending = pending_target >= min(predicted_target, max(desired, replicas + 1))
         what = (
             f"{obs.pending} pending, oldest {obs.oldest_wait_s:.1f} s, shed {obs.shed_rate:.2f}/s"
             if by_pending
