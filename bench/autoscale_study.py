@@ -85,7 +85,7 @@ AUTOSCALER_VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-#: The autoscaler's families (the rest are baselines), the first one plotted.
+#: The autoscaler's families (the rest are baselines); the cheapest at the goal is plotted.
 OURS = ("polyserve + autoscaler", "polyserve + autoscaler, one pool")
 
 #: The reference that reads the trace ahead (not a baseline; ``polyserve/autoscale/clairvoyant.py``)
@@ -257,7 +257,7 @@ def study(
     out.mkdir(parents=True, exist_ok=True)
     reasons: dict[str, int] = {}
     if ours:
-        mine = ours[0][1]
+        mine = pick([r for _, r in ours], goal)
         plot = replicas_over_time(
             mine,
             [r for r in chosen.values() if r.attainment >= goal],

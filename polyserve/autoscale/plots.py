@@ -20,12 +20,17 @@ from polyserve.slo import TierSet
 def replicas_over_time(
     main: ReplayResult, others: Sequence[ReplayResult], tiers: TierSet, title: str, path: Path
 ) -> Path:
-    """Stacked replicas per tier (``main``), total replicas of ``others``, and the arrival rate."""
+    """Stacked replicas per tier of ``main`` (one area for a pool), total replicas of ``others``,
+    and the arrival rate."""
     fig, ax = plt.subplots(figsize=(10, 5))
     hist = main.history
     times = [s.time / 60 for s in hist]
     per_tier = list(zip(*(s.replicas for s in hist), strict=True)) if hist else []
-    labels = [f"{t.name} ({t.tpot_ms:g} ms)" for t in tiers.tiers][: len(per_tier)]
+    labels = (
+        [f"{main.name} ({main.knob or 'defaults'})"]
+        if main.pool
+        else [f"{t.name} ({t.tpot_ms:g} ms)" for t in tiers.tiers][: len(per_tier)]
+    )
     ax.stackplot(times, *per_tier, labels=labels, step="post", alpha=0.6)
     for r in others:
         ax.step(
