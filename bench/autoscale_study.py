@@ -1,8 +1,9 @@
 """Autoscaling study (issue 6): GPU-seconds per request and attainment of scaling strategies on the
 Azure conversation and code traces, replayed on their own clock with a 60 s engine start-up.
 
-Load: ``--copies`` overlaid replays of the trace (each request moved by up to 5 s), so the fleet is
-large enough for scaling to matter while the trace keeps its minute-scale shape. Tiers: the paper's
+Load: ``--copies`` overlaid replays of the trace (each request moved by up to ``--jitter`` = 5 s),
+so the fleet is large enough for scaling to matter while the trace keeps its minute-scale shape and
+its bursts longer than the jitter (at full amplitude: the copies move together). Tiers: the paper's
 mix (TPOT 20/30/50/100 ms at 10/20/30/40%). Each baseline's knob is swept and its cheapest setting
 that reaches the attainment goal is reported (its best attainment if none does):
 
@@ -96,12 +97,14 @@ CLAIRVOYANT_MARGINS = (1.15, 1.2, 1.25, 1.3, 1.4)
 STATIC_RANGE = (0.85, 1.3)
 
 
-def build_replay(workload: str, copies: int, minutes: float | None, startup_s: float) -> Replay:
+def build_replay(
+    workload: str, copies: int, minutes: float | None, startup_s: float, jitter_s: float = 5.0
+) -> Replay:
     prof = load_profile(PROFILE)
     shapes = read_azure(TRACES[workload])
     if minutes is not None:
         shapes = [s for s in shapes if s.time < minutes * 60]
-    shapes = superpose(shapes, copies, 5.0, seed=1)
+    shapes = superpose(shapes, copies, jitter_s, seed=1)
     arrivals = SLOAssigner(PAPER_TIERS, prof).assign(shapes, seed=1)
     return Replay(prof, PAPER_TIERS, arrivals, startup_s)
 
@@ -109,9 +112,11 @@ def build_replay(workload: str, copies: int, minutes: float | None, startup_s: f
 _REPLAY: Replay | None = None
 
 
-def _init(workload: str, copies: int, minutes: float | None, startup_s: float) -> None:
+def _init(
+    workload: str, copies: int, minutes: float | None, startup_s: float, jitter_s: float
+) -> None:
     global _REPLAY
-    _REPLAY = build_replay(workload, copies, minutes, startup_s)
+    _REPLAY = build_replay(workload, copies, minutes, startup_s, jitter_s)
 
 
 def run_job(job: Job) -> tuple[Job, ReplayResult]:
@@ -191,12 +196,14 @@ def study(
     jobs_n: int,
     out: Path,
     kinds: set[str] | None = None,
+    jitter_s: float = 5.0,
 ) -> dict[str, object]:
-    replay = build_replay(workload, copies, minutes, startup_s)
+    replay = build_replay(workload, copies, minutes, startup_s, jitter_s)
     jobs = [j for j in jobs_for(replay) if kinds is None or j.kind in kinds]
     console.print(
         f"\n[bold]{workload}[/bold]: {len(replay.arrivals):,} requests "
-        f"({copies} copies, {'whole trace' if minutes is None else f'{minutes:g} min'}), "
+        f"({copies} copies jittered by {jitter_s:g} s, "
+        f"{'whole trace' if minutes is None else f'{minutes:g} min'}), "
         f"start-up {startup_s:g} s, fluid peak {replay.peak_servers():.1f} servers; {len(jobs)} runs",
         highlight=False,
     )
@@ -205,7 +212,7 @@ def study(
     with (
         Progress(console=console, transient=True) as bar,
         ProcessPoolExecutor(
-            jobs_n, initializer=_init, initargs=(workload, copies, minutes, startup_s)
+            jobs_n, initializer=_init, initargs=(workload, copies, minutes, startup_s, jitter_s)
         ) as pool,
     ):
         task = bar.add_task(workload, total=len(jobs))
@@ -285,6 +292,13 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=8)
     ap.add_argument("--minutes", type=float, default=None, help="replay only the first minutes")
     ap.add_argument("--startup", type=float, default=60.0, help="engine start-up delay (s)")
+    ap.add_argument(
+        "--jitter",
+        type=float,
+        default=5.0,
+        help="each copy's requests moved by up to this many seconds (bursts shorter than it "
+        "average out over the copies)",
+    )
     ap.add_argument("--goal", type=float, default=0.99, help="attainment goal")
     ap.add_argument("--jobs", type=int, default=2, help="simulations in parallel")
     ap.add_argument("--out", type=Path, default=Path("out/autoscale"))
@@ -301,7 +315,7 @@ def main() -> None:
         workloads, minutes, copies = ["azure-conv"], 10.0, 8
     kinds = set(args.only.split(",")) if args.only else None
     summaries = [
-        study(w, copies, minutes, args.startup, args.goal, args.jobs, args.out, kinds)
+        study(w, copies, minutes, args.startup, args.goal, args.jobs, args.out, kinds, args.jitter)
         for w in workloads
     ]
     args.out.mkdir(parents=True, exist_ok=True)
