@@ -337,8 +337,8 @@ def test_invariants(
         assert o.pending == 0 and o.shed_rate <= cfg.shed_tolerance * o.arrival_rate
         by_name = {s.name: s for s in o.servers}
         if d.reason is Reason.SCALE_DOWN_CONSOLIDATED:
-            # a server with requests only when none is idle: the least loaded, one at a time,
-            # and only if the rest carry the demand (it is released once its requests are done)
+            # servers with requests only when none is idle: the least loaded, up to the step,
+            # and only if the rest carry the demand (each is released once its requests are done)
             ready = [s for s in o.servers if s.ready and not s.draining]
             busy = [s for s in ready if s.requests > 0]
             drained = [by_name[n] for n in d.drain]

@@ -2,8 +2,8 @@
 
 Not a scaler anyone can run: every ``interval_s`` it sizes the shared pool for the fluid demand of
 the *coming* window (it reads the trace ahead), times a margin, and its servers start with no
-delay. It bounds what any autoscaler that follows the load at that time scale can save; an
-autoscaler must guess the coming window from the past one and ask a start-up time ahead.
+delay. It shows what following the load at that time scale with one margin could save at best:
+an autoscaler must guess the coming window from the past ones and ask a start-up time ahead.
 """
 
 from __future__ import annotations
