@@ -104,3 +104,11 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("unknown field", {"colour": "blue"}, "colour"),
 ]
+
+
+def tier_condition(tier: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """The stored SLOTier's condition of ``type_``, if it has one."""
+    for c in (tier.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return None

@@ -20,7 +20,7 @@ from polyserve.operator import resources as r
 from polyserve.operator.handlers import OperatorConfig, operator_in_thread
 from polyserve.operator.model import GROUP, PLURAL, VERSION, SLOTierStatus
 from tests.k8s.conftest import wait_for
-from tests.operator.manifests import slotier
+from tests.operator.manifests import slotier, tier_condition
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -78,13 +78,6 @@ def _tier(api: Any, namespace: str, name: str) -> dict[str, Any]:
     return got
 
 
-def _condition(tier: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for c in (tier.get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return None
-
-
 def _pods(api: Any, namespace: str, name: str) -> list[Any]:
     _, _, core = _apis(api)
     return list(core.list_namespaced_pod(namespace, label_selector=r.tier_selector(name)).items)
@@ -102,7 +95,7 @@ def _live_ready(api: Any, namespace: str, name: str) -> list[str]:
 def _ready_status(api: Any, namespace: str, name: str, n: int) -> dict[str, Any] | None:
     tier = _tier(api, namespace, name)
     status = tier.get("status") or {}
-    ready = _condition(tier, "Ready")
+    ready = tier_condition(tier, "Ready")
     if (
         status.get("readyReplicas") == n
         and status.get("replicas") == n
@@ -147,7 +140,7 @@ def test_tier_lifecycle(
         assert status["selector"] == r.tier_selector("chat")
         assert status["desiredReplicas"] == 1
         for type_, want in [("InvalidSpec", "False"), ("ProfileMissing", "False")]:
-            cond = _condition(tier, type_)
+            cond = tier_condition(tier, type_)
             assert cond is not None and cond["status"] == want, cond
 
         # Scale up through the scale subresource (kubectl scale slotier chat --replicas 2).
@@ -260,12 +253,12 @@ def test_bad_tier_sets_a_condition_and_an_event(
     )
 
     def flagged() -> dict[str, Any] | None:
-        cond = _condition(_tier(api, namespace, "bad"), condition)
+        cond = tier_condition(_tier(api, namespace, "bad"), condition)
         return cond if cond and cond["status"] == "True" else None
 
     cond = wait_for(flagged, timeout_s=30, what=f"{condition}=True")
     assert cond["reason"] == reason
-    ready = _condition(_tier(api, namespace, "bad"), "Ready")
+    ready = tier_condition(_tier(api, namespace, "bad"), "Ready")
     assert ready is not None and ready["status"] == "False"
     wait_for(lambda: reason in _events(api, namespace, "bad"), timeout_s=30, what="the Event")
     # Not a hot loop: more passes post no more events and create nothing.

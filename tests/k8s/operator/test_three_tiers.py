@@ -35,7 +35,7 @@ from tests.k8s.operator.e2e_system import (
     existing_cluster,
     on_devcluster,
 )
-from tests.operator.manifests import BAD_SPECS, _merge
+from tests.operator.manifests import BAD_SPECS, _merge, tier_condition
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -130,13 +130,6 @@ def _tier(system: System, name: str) -> dict[str, Any]:
     return got
 
 
-def _condition(tier: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for c in (tier.get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return None
-
-
 def _pods(system: System, tier: str) -> list[dict[str, Any]]:
     """The tier's engine pods not being deleted, as API JSON."""
     from kubernetes import client
@@ -165,7 +158,7 @@ def _ready(system: System, name: str, n: int) -> dict[str, Any] | None:
     """The tier at ``n`` replicas, all Ready, by its status and by its pods."""
     tier = _tier(system, name)
     status = tier.get("status") or {}
-    ready = _condition(tier, "Ready")
+    ready = tier_condition(tier, "Ready")
     if (
         status.get("replicas") == n
         and status.get("readyReplicas") == n
@@ -287,7 +280,7 @@ def test_three_example_tiers_end_to_end(system: System, tiers: dict[str, dict[st
         )
         assert dep.spec.replicas == n and len(_ready_pods(system, name)) == n
         for type_ in ("InvalidSpec", "ProfileMissing"):
-            cond = _condition(tiers[name], type_)
+            cond = tier_condition(tiers[name], type_)
             assert cond is not None and cond["status"] == "False", cond
         assert tiers[name]["status"]["selector"] == r.tier_selector(name)
     wait_for(
@@ -313,7 +306,7 @@ def test_three_example_tiers_end_to_end(system: System, tiers: dict[str, dict[st
     for name, tier_obj in stored.items():
         value = tier_obj["status"]["attainment"]
         assert 0.0 <= value <= 1.0 and math.isfinite(value)
-        degraded = _condition(tier_obj, "Degraded")
+        degraded = tier_condition(tier_obj, "Degraded")
         assert degraded is not None
         assert degraded["status"] == ("True" if value < 0.9 else "False"), (name, degraded)
     # The API key's default tier, and a key that may not use a tighter tier than its own.
@@ -472,7 +465,7 @@ def test_operator_restarted_mid_drain_deletes_no_streaming_pod(
     status = tier["status"]
     assert (status["replicas"], status["readyReplicas"], status["desiredReplicas"]) == (1, 1, 1)
     assert status.get("draining", []) == []
-    scaling = _condition(tier, "Scaling")
+    scaling = tier_condition(tier, "Scaling")
     assert scaling is not None and scaling["status"] == "False", scaling
     last = status["lastScaling"]
     assert (last["fromReplicas"], last["toReplicas"], last["reason"]) == (2, 1, "FixedReplicas")
