@@ -167,24 +167,27 @@ def jobs_for(replay: Replay) -> list[Job]:
     return jobs
 
 
+def cheapest(results: list[ReplayResult], goal: float) -> ReplayResult | None:
+    """The cheapest run that reaches the goal, if any does."""
+    ok = [r for r in results if r.attainment >= goal]
+    return min(ok, key=lambda r: r.gpu_s_per_request) if ok else None
+
+
+def pick(results: list[ReplayResult], goal: float) -> ReplayResult:
+    """The cheapest run that reaches the goal; otherwise the best attainment."""
+    return cheapest(results, goal) or max(results, key=lambda r: r.attainment)
+
+
 def _saving(candidates: list[ReplayResult], best: ReplayResult | None, goal: float) -> float:
     """1 - the cheapest candidate at the goal / the best baseline (NaN if either is missing)."""
-    ok = [r.gpu_s_per_request for r in candidates if r.attainment >= goal]
-    return 1 - min(ok) / best.gpu_s_per_request if ok and best is not None else math.nan
+    mine = cheapest(candidates, goal)
+    return 1 - mine.gpu_s_per_request / best.gpu_s_per_request if mine and best else math.nan
 
 
 def _fewer(saving: float) -> str:
     if not math.isfinite(saving):
         return "has no comparison (the goal was not met by both)"
     return f"uses {saving:.1%} fewer" if saving >= 0 else f"uses {-saving:.1%} more"
-
-
-def pick(results: list[ReplayResult], goal: float) -> ReplayResult:
-    """The cheapest run that reaches the goal; otherwise the best attainment."""
-    ok = [r for r in results if r.attainment >= goal]
-    if ok:
-        return min(ok, key=lambda r: r.gpu_s_per_request)
-    return max(results, key=lambda r: r.attainment)
 
 
 def study(
@@ -233,8 +236,7 @@ def study(
     chosen = {f: pick(rs, goal) for f, rs in by_family.items()}
     reference = chosen.pop(CLAIRVOYANT, None)
     ours = [(f, r) for f in OURS if (r := chosen.pop(f, None)) is not None]
-    ok_baselines = [r for r in chosen.values() if r.attainment >= goal]
-    best = min(ok_baselines, key=lambda r: r.gpu_s_per_request) if ok_baselines else None
+    best = cheapest(list(chosen.values()), goal)
     rows = []
     header = (
         "| strategy | setting | attainment | "
@@ -279,6 +281,7 @@ def study(
         "requests": len(replay.arrivals),
         "copies": copies,
         "minutes": minutes,
+        "jitter_s": jitter_s,
         "table": table,
         "saving_vs_best": saving,
         "reasons": reasons,

@@ -96,3 +96,18 @@ def test_take_expired_takes_the_heads_that_waited_too_long(profile: Profile) -> 
     # #2 is old enough but behind a fresh one: heads only
     assert [r.rid for r in queues.take_expired(now=9.0, max_wait_s=8.0)] == [0]
     assert [r.rid for r in queues.queues[0]] == [1, 2]
+
+
+def test_hopeless_at_is_when_hopeless_turns_true() -> None:
+    # 300 ms TTFT, 120 ms of prefill at best: hopeless once it waited 180 ms
+    req = PendingRequest(
+        rid=1,
+        tier=0,
+        prompt_tokens=10,
+        ttft_ms=300.0,
+        tpot_ms=20.0,
+        arrival=10.0,
+        ideal_ttft_ms=120.0,
+    )
+    assert req.hopeless_at == pytest.approx(10.18)
+    assert not req.hopeless(req.hopeless_at - 1e-6) and req.hopeless(req.hopeless_at + 1e-6)

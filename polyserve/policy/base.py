@@ -40,6 +40,11 @@ class PendingRequest:
         """True once even an idle server could no longer produce its first token in time."""
         return self.wait_ms(now) + self.ideal_ttft_ms > self.ttft_ms
 
+    @property
+    def hopeless_at(self) -> float:
+        """When :meth:`hopeless` turns true (the router re-dispatches then)."""
+        return self.arrival + (self.ttft_ms - self.ideal_ttft_ms) / 1000.0
+
 
 @dataclass(slots=True)
 class ServerView:

@@ -296,8 +296,7 @@ class ModelPool:
         for q in self.queues.queues:
             if q:
                 p = q[0].pending
-                hopeless = p.arrival + (p.ttft_ms - p.ideal_ttft_ms) / 1000.0
-                soonest = min(soonest, hopeless, p.arrival + max_wait_s)
+                soonest = min(soonest, p.hopeless_at, p.arrival + max_wait_s)
         return soonest
 
     def expire(self, now: float, max_wait_s: float) -> list[Ticket]:
