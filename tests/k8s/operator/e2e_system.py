@@ -598,8 +598,10 @@ class PodRecorder:
         return next((e for e in self.of(name) if test(e)), None)
 
     def names(self, tier: str) -> set[str]:
+        """The tier's pods seen alive in the window (not one already terminating when first seen:
+        a leftover of an earlier scale-down is not this window's)."""
         with self._lock:
-            return {e.name for e in self.events if e.tier == tier}
+            return {e.name for e in self.events if e.tier == tier and not e.deleting}
 
 
 class EngineStream(threading.Thread):
