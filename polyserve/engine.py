@@ -238,10 +238,6 @@ class Engine:
         return self._n_waiting
 
     @property
-    def num_decoding(self) -> int:
-        return len(self._decoding)
-
-    @property
     def used_blocks(self) -> int:
         return self.config.num_blocks - self.free_blocks
 

@@ -295,11 +295,6 @@ class NodeAgent:
                 return bool(cond.get("status") == "True")
         return False
 
-    def local_processes(self) -> dict[str, ManagedProcess]:
-        """``namespace/name`` -> the running process, for the pods that have one."""
-        with self._lock:
-            return {p.key: p.proc for p in self._pods.values() if p.proc is not None}
-
     # ----------------------------------------------------------------------------------------
     # the node
 

@@ -65,11 +65,6 @@ class OutputPlan:
     tokens: int  # completion tokens, including the EOS token when the reason is "stop"
     finish_reason: FinishReason
 
-    @property
-    def text_tokens(self) -> int:
-        """Tokens that carry text (the EOS token carries none)."""
-        return self.tokens - 1 if self.finish_reason == "stop" else self.tokens
-
 
 def plan_output(
     seed: int, max_tokens: int, min_tokens: int = 0, ignore_eos: bool = False

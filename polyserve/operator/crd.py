@@ -269,9 +269,3 @@ def crd_manifest() -> Schema:
 
 def crd_yaml() -> str:
     return HEADER + yaml.safe_dump(crd_manifest(), sort_keys=False, width=100)
-
-
-def write_crd(path: Path = CRD_PATH) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(crd_yaml())
-    return path

@@ -68,12 +68,6 @@ class Kube:
     def get_tier(self, namespace: str, name: str) -> Obj | None:
         return self._call("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}")
 
-    def list_tiers(self, namespace: str | None) -> Obj:
-        path = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
-        if namespace:
-            path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-        return self._call("GET", path) or {"items": []}
-
     def get_deployment(self, namespace: str, name: str) -> Obj | None:
         return self._call("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
 
