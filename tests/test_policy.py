@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polyserve.policy import FleetView, PendingRequest, ServerView, make_policy
+from polyserve.policy import POLICY_NAMES, FleetView, PendingRequest, ServerView, make_policy
 from polyserve.policy.checks import can_take
 from polyserve.policy.static_partition import partition
 from polyserve.profile import Profile
@@ -140,3 +141,11 @@ def test_first_token_check_counts_on_the_decodes_banked_slack() -> None:
     banked = can_take(s, req, 20.0, 0.0)
     assert not tight.ok and tight.reason == "ttft"
     assert banked.ok and banked.ttft_pred_ms < tight.ttft_pred_ms
+
+
+def test_every_listed_policy_is_built_and_nothing_else() -> None:
+    for name in POLICY_NAMES:
+        assert make_policy(name, shares=[1.0] * 4).name == name
+    with pytest.raises(ValueError, match="unknown policy 'nope'; choose from polyserve, ") as e:
+        make_policy("nope")
+    assert all(name in str(e.value) for name in POLICY_NAMES)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from polyserve.policy import POLICY_NAMES
+from polyserve.policy import check_policy_name
 from polyserve.router.spec import FleetSpec
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,9 +54,7 @@ class RouterSettings(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, v: str) -> str:
-        if v not in POLICY_NAMES:
-            raise ValueError(f"unknown policy {v!r}; choose from {', '.join(POLICY_NAMES)}")
-        return v
+        return check_policy_name(v)
 
 
 class ConfigError(ValueError):
