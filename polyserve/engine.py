@@ -40,6 +40,7 @@ from enum import Enum
 from typing import Literal
 
 from polyserve.profile import Profile
+from polyserve.slo import token_deadline
 
 SchedulingPolicy = Literal["fcfs", "priority"]
 
@@ -369,7 +370,8 @@ class Engine:
         self._dec_phase[req._c % self._bs] += 1
         heapq.heappush(self._finish_heap, (req._end_step, req.order, req))
         if req.tpot_ms > 0 and math.isfinite(req.first_deadline):
-            key = req.first_deadline + (req._gen_base - next_step) * req.tpot_ms / 1000.0
+            # first_deadline is arrival + TTFT: token i is due TPOT * i after it
+            key = token_deadline(req.first_deadline, 0.0, req.tpot_ms, req._gen_base - next_step)
             heap = self._deadlines.setdefault(req.tpot_ms, [])
             heapq.heappush(heap, (key, req.order, next_step, req))
         else:
@@ -427,7 +429,7 @@ class Engine:
                     break
                 heapq.heappop(heap)
             if heap:
-                best = min(best, heap[0][0] + s * tpot / 1000.0)
+                best = min(best, token_deadline(heap[0][0], 0.0, tpot, s))
         return (best - now) * 1000.0 if math.isfinite(best) else math.inf
 
     # ---------------------------------------------------------------- the step

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 
 class SLOError(ValueError):
@@ -139,6 +140,20 @@ class DeadlineCheck:
 DEADLINE_TOLERANCE_MS = 1e-6
 
 
+@overload
+def token_deadline(arrival: float, ttft_ms: float, tpot_ms: float, index: float) -> float: ...
+@overload
+def token_deadline(
+    arrival: float, ttft_ms: float, tpot_ms: float, index: NDArray[np.float64]
+) -> NDArray[np.float64]: ...
+def token_deadline(
+    arrival: float, ttft_ms: float, tpot_ms: float, index: float | NDArray[np.float64]
+) -> float | NDArray[np.float64]:
+    """The deadline SLO: when token ``index`` (0: the first) is due, ``arrival + TTFT + index *
+    TPOT`` (seconds; the budgets in ms). ``index`` may be an array of indices."""
+    return arrival + (ttft_ms + index * tpot_ms) / 1000.0
+
+
 def check_deadlines(
     arrival: float, token_times: ArrayLike, ttft_ms: float, tpot_ms: float
 ) -> DeadlineCheck:
@@ -149,7 +164,7 @@ def check_deadlines(
     times = np.asarray(token_times, dtype=np.float64)
     if times.size == 0:
         return DeadlineCheck(False, 0, math.inf, -math.inf)
-    deadlines = arrival + (ttft_ms + np.arange(times.size) * tpot_ms) / 1000.0
+    deadlines = token_deadline(arrival, ttft_ms, tpot_ms, np.arange(times.size, dtype=np.float64))
     slack = (deadlines - times) * 1000.0
     late = np.flatnonzero(slack < -DEADLINE_TOLERANCE_MS)
     worst = float(slack.min())

@@ -13,7 +13,15 @@ from polyserve.slo import (
     check_deadlines,
     goodput_search,
     summarize,
+    token_deadline,
 )
+
+
+def test_token_deadline_is_arrival_plus_ttft_plus_i_tpot() -> None:
+    assert token_deadline(10.0, 500.0, 20.0, 0) == pytest.approx(10.5)
+    assert token_deadline(10.0, 500.0, 20.0, 3) == pytest.approx(10.56)
+    verdict = check_deadlines(10.0, [10.5, 10.52, 10.5401], 500.0, 20.0)
+    assert verdict.first_miss == 2 and verdict.late_by_ms == pytest.approx(0.1)
 
 
 def test_binning_rounds_down_to_the_next_tighter_tier() -> None:

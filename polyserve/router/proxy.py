@@ -22,7 +22,7 @@ from aiohttp import web
 from polyserve.mockengine import protocol as proto
 from polyserve.router.pool import ModelPool, Ticket
 from polyserve.router.stream import StreamTally
-from polyserve.slo import check_deadlines
+from polyserve.slo import check_deadlines, token_deadline
 
 if TYPE_CHECKING:
     from polyserve.router.server import Router
@@ -145,7 +145,7 @@ async def _whole(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
     a.pool.on_tokens(a.ticket, tokens)
     p = a.ticket.pending
     # only the whole answer's time is known: judged by the deadline of its last token
-    deadline = p.arrival + (p.ttft_ms + max(0, tokens - 1) * p.tpot_ms) / 1000.0
+    deadline = token_deadline(p.arrival, p.ttft_ms, p.tpot_ms, max(0, tokens - 1))
     _judge(a, attained=tokens > 0 and now <= deadline)
     a.ticket.delivered = True
     response = web.Response(
