@@ -2,9 +2,10 @@
 
 - :class:`~polyserve.autoscale.virtual.VirtualActuator`: the simulator's servers (start-up delay);
 - :class:`~polyserve.local.up.LocalFleet`: mock-engine processes for ``polyserve up``;
-- Kubernetes: patches the SLOTier's ``spec.replicas`` through its scale subresource, after giving
-  the servers in ``drain`` the lowest ``controller.kubernetes.io/pod-deletion-cost`` (the operator
-  implements it against this Protocol).
+- :class:`~polyserve.operator.autoscaling.PassActuator`: the operator's; the new count waits for
+  the tier's next pass, which records it in ``status.desiredReplicas`` and drains safely (mark,
+  wait for the streams to end, the lowest ``controller.kubernetes.io/pod-deletion-cost``, then
+  the Deployment's replicas).
 
 An actuator owns the count it reports: ``replicas`` must return what was last set (by anyone), so
 the decision core can tell its own changes from someone else's.

@@ -82,6 +82,11 @@ class Reason(StrEnum):
     HOLD_EXTERNAL_CHANGE = "hold_external_change"
     HOLD_DISABLED = "hold_disabled"
 
+    @property
+    def camel(self) -> str:
+        """As Kubernetes writes reasons (status.lastScaling, Events): ``ScaleUpPending``."""
+        return "".join(word.capitalize() for word in self.value.split("_"))
+
 
 @dataclass(frozen=True, slots=True)
 class TierTarget:

@@ -147,15 +147,18 @@ class SimAutoscaler:
     def tiers(self) -> TierSet:
         return self.actuator.sim.cfg.tiers
 
-    def tick(self, now: float, sim: FleetSim) -> None:
-        state = router_state(sim, now)
+    def decide(self, now: float, state: RouterState) -> list[Decision]:
+        """The decisions on one router snapshot (what ``tick`` carries out)."""
         observations = {o.tier: o for o in self._reader.read(state)}
         if self.pool_capacities is not None:
             servers = [ServerObservation.of(b) for b in state.backends]
             pooled = pool_observation(list(observations.values()), self.pool_capacities, servers)
             observations = {POOL: pooled}
         replicas = {t.name: self.actuator.replicas(t.name) for t in self.autoscaler.targets}
-        decisions = self.autoscaler.step(now, observations, replicas)
+        return self.autoscaler.step(now, observations, replicas)
+
+    def tick(self, now: float, sim: FleetSim) -> None:
+        decisions = self.decide(now, router_state(sim, now))
         for d in decisions:
             self.reasons[d.tier, d.reason.value] += 1
         if self.keep_decisions:

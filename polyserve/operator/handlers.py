@@ -138,6 +138,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
                 try:
                     tier = await asyncio.to_thread(kube.get_tier, namespace, name)
                     if tier is None or tier["metadata"].get("deletionTimestamp"):
+                        if config.autoscaler is not None:
+                            config.autoscaler.forget(namespace, name)
                         return
                     status = await reconciler.reconcile(tier)
                     if config.on_pass is not None:

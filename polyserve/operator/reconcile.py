@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import yaml
 from pydantic import ValidationError
 
+from polyserve.autoscale.decide import Reason as ScaleReason
 from polyserve.operator import resources as r
 from polyserve.operator.kube import Kube, Obj
 from polyserve.operator.model import (
@@ -109,8 +110,8 @@ class ScalingDecision:
     """What the autoscaler asks for one tier (the operator clamps it to replicas.min..max)."""
 
     replicas: int
-    #: machine-readable (CamelCase), recorded in status.lastScaling and the Event
-    reason: str
+    #: why (status.lastScaling and the Event record it CamelCase)
+    reason: ScaleReason
     message: str = ""
     #: the tier's attainment as the router sees it (status.attainment; Degraded below 0.9)
     attainment: float | None = None
@@ -124,6 +125,10 @@ class Autoscaler(Protocol):
     async def decide(self, tier: TierObservation) -> ScalingDecision | None:
         """The tier's replica count now, or None to hold. Asked for every tier; for a tier with
         autoscaling off only the attainment is used."""
+        ...
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The tier is gone (deleted): the other tiers of its model decide without it."""
         ...
 
     async def close(self) -> None:
@@ -250,7 +255,7 @@ def owner_target(
             return spec.replicas.fixed, "FixedReplicas", "replicas.fixed"
         return spec.replicas.min, "FixedReplicas", "autoscaling off and no replicas.fixed: min"
     if decision is not None:
-        return clamp(decision.replicas, spec), decision.reason, decision.message
+        return clamp(decision.replicas, spec), decision.reason.camel, decision.message
     if previous is None:
         return spec.replicas.min, "InitialReplicas", "autoscaled tier starts at replicas.min"
     return clamp(previous, spec), "Hold", "no autoscaler decision"

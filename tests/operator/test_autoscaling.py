@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import replace
 
+from polyserve.autoscale.decide import Reason
 from polyserve.autoscale.signals import BackendState, Observation, RouterState, TierState
 from polyserve.autoscale.sources import SignalError
 from polyserve.autoscale.trend import StateReader
@@ -53,13 +54,13 @@ def state(pending: int, oldest: float) -> RouterState:
 def test_pending_requests_at_the_router_scale_the_tier_up() -> None:
     scaler = RouterAutoscaler(lambda w: Fixed(state(pending=12, oldest=5.0)))
     d = asyncio.run(scaler.decide(observation(1)))
-    assert d is not None and d.replicas > 1 and d.reason == "ScaleUpPending"
+    assert d is not None and d.replicas > 1 and d.reason is Reason.SCALE_UP_PENDING
 
 
 def test_an_unreachable_router_holds_the_tier() -> None:
     scaler = RouterAutoscaler(lambda w: Fixed(None))
     d = asyncio.run(scaler.decide(observation(2)))
-    assert d is not None and d.replicas == 2 and d.reason == "HoldStaleMetrics"
+    assert d is not None and d.replicas == 2 and d.reason is Reason.HOLD_STALE_METRICS
 
 
 class Fixed:
@@ -162,8 +163,10 @@ def test_a_tier_decides_once_per_decision_interval() -> None:
     source = Snapshots(state(pending=12, oldest=5.0), state(pending=0, oldest=0.0))
     scaler = RouterAutoscaler(lambda w: source, refresh_s=0.0)
     up = asyncio.run(scaler.decide(observation(1, interval_s=25.0)))
-    assert up is not None and up.reason == "ScaleUpPending"
+    assert up is not None and up.reason is Reason.SCALE_UP_PENDING
     again = asyncio.run(scaler.decide(observation(up.replicas, interval_s=25.0)))
     assert again is up  # within the interval: the same decision, the router not even asked
     changed = asyncio.run(scaler.decide(observation(4, interval_s=25.0)))
-    assert changed is not None and changed is not up and changed.reason == "HoldExternalChange"
+    assert (
+        changed is not None and changed is not up and changed.reason is Reason.HOLD_EXTERNAL_CHANGE
+    )

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from polyserve.autoscale.decide import Reason as ScaleReason
 from polyserve.operator import resources as r
 from polyserve.operator.model import ConditionType, ProfileRef, Reason, SLOTierSpec
 from polyserve.operator.reconcile import (
@@ -33,15 +34,18 @@ def pod(name: str, created: str = "2026-01-01T00:00:00Z", **kw: Any) -> PodView:
 
 def test_owner_is_fixed_replicas_or_the_autoscaler() -> None:
     fixed = spec(replicas={"fixed": 3})
-    assert owner_target(fixed, 1, ScalingDecision(9, "Up"))[:2] == (3, "FixedReplicas")
+    assert owner_target(fixed, 1, ScalingDecision(9, ScaleReason.SCALE_UP_PENDING))[:2] == (
+        3,
+        "FixedReplicas",
+    )
     auto = spec(replicas={"fixed": None, "min": 1, "max": 4}, autoscaling={"enabled": True})
     assert owner_target(auto, None, None)[0] == 1
     assert owner_target(auto, 3, None)[:2] == (3, "Hold")
-    assert owner_target(auto, 3, ScalingDecision(9, "PendingRequests"))[:2] == (
+    assert owner_target(auto, 3, ScalingDecision(9, ScaleReason.SCALE_UP_PREDICTED))[:2] == (
         4,
-        "PendingRequests",
+        "ScaleUpPredicted",
     )
-    assert owner_target(auto, 3, ScalingDecision(0, "Idle"))[0] == 1
+    assert owner_target(auto, 3, ScalingDecision(0, ScaleReason.SCALE_DOWN_DRAINED))[0] == 1
 
 
 def test_scale_down_marks_then_costs_then_lowers() -> None:

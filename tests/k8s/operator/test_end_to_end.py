@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from polyserve.autoscale.decide import Reason
 from polyserve.devcluster import DevCluster
 from polyserve.loopthread import LoopThread
 from polyserve.operator.autoscaling import RouterAutoscaler, router_sources
@@ -85,11 +86,11 @@ def test_tier_served_through_the_router_and_autoscaled(
 
             # the operator's passes decide from the router's state (not held for stale signals)
             wait_for(
-                lambda: [d for d in scaler.decisions if d.reason == "HoldSteady"],
+                lambda: [d for d in scaler.decisions if d.reason is Reason.HOLD_STEADY],
                 timeout_s=60,
                 what="a decision from fresh router signals",
             )
-            assert not [d for d in scaler.decisions if d.reason == "HoldInvalidMetrics"]
+            assert not [d for d in scaler.decisions if d.reason is Reason.HOLD_INVALID_METRICS]
     finally:
         loop.run(router.close())
         loop.stop()
