@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import Protocol, TypeVar, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -21,6 +21,36 @@ from numpy.typing import ArrayLike, NDArray
 
 class SLOError(ValueError):
     """A tier set or an SLO that cannot be used."""
+
+
+class HasSLO(Protocol):
+    """Anything with a tier's targets (a :class:`Tier`, the router's tier specs)."""
+
+    @property
+    def tpot_ms(self) -> float: ...
+
+    @property
+    def ttft_ms(self) -> float: ...
+
+
+T = TypeVar("T", bound=HasSLO)
+
+
+def meets(tier: HasSLO, tpot_ms: float | None, ttft_ms: float | None) -> bool:
+    """The tier promises the asked targets or tighter ones (None: not asked)."""
+    return (tpot_ms is None or tier.tpot_ms <= tpot_ms) and (
+        ttft_ms is None or tier.ttft_ms <= ttft_ms
+    )
+
+
+def bin_tier(tiers: Iterable[T], tpot_ms: float | None, ttft_ms: float | None = None) -> T | None:
+    """Binning: the loosest of ``tiers`` that meets the targets, or None if none does.
+
+    A target rounds *down* to the next tighter tier: a request that asks for 40 ms per token is
+    served by the 30 ms tier, which meets its target; it never lands in a looser tier.
+    """
+    fits = [t for t in tiers if meets(t, tpot_ms, ttft_ms)]
+    return max(fits, key=lambda t: (t.tpot_ms, t.ttft_ms), default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +72,7 @@ class Tier:
 
 
 class TierSet:
-    """Tiers ordered tightest (smallest TPOT) first.
-
-    Binning rounds a TPOT target *down* to the next tighter tier: a request that asks for 40 ms per
-    token is served by the 30 ms tier, which meets its target; it never lands in a looser tier.
-    """
+    """Tiers ordered tightest (smallest TPOT) first (requests are binned by :func:`bin_tier`)."""
 
     def __init__(self, tiers: Iterable[Tier]) -> None:
         ordered = sorted(tiers, key=lambda t: t.tpot_ms)
@@ -82,27 +108,6 @@ class TierSet:
 
     def by_name(self, name: str) -> Tier:
         return self.tiers[self.index(name)]
-
-    def bin_index(self, tpot_ms: float) -> int:
-        """Index of the loosest tier whose TPOT is no looser than ``tpot_ms``.
-
-        Raises SLOError when the target is tighter than the tightest tier: no tier can promise it.
-        """
-        if not (math.isfinite(tpot_ms) and tpot_ms > 0):
-            raise SLOError(f"a TPOT target must be a positive number, got {tpot_ms}")
-        chosen = -1
-        for i, tier in enumerate(self.tiers):
-            if tier.tpot_ms <= tpot_ms:
-                chosen = i
-        if chosen < 0:
-            raise SLOError(
-                f"TPOT target {tpot_ms:g} ms is tighter than the tightest tier "
-                f"({self.tiers[0].name}: {self.tiers[0].tpot_ms:g} ms)"
-            )
-        return chosen
-
-    def bin(self, tpot_ms: float) -> Tier:
-        return self.tiers[self.bin_index(tpot_ms)]
 
 
 #: The paper's evaluation tiers (TPOT 20/30/50/100 ms). TTFT is drawn per request in the paper;

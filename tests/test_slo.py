@@ -10,6 +10,7 @@ from polyserve.slo import (
     SLOError,
     Tier,
     TierSet,
+    bin_tier,
     check_deadlines,
     goodput_search,
     summarize,
@@ -25,16 +26,21 @@ def test_token_deadline_is_arrival_plus_ttft_plus_i_tpot() -> None:
 
 
 def test_binning_rounds_down_to_the_next_tighter_tier() -> None:
-    assert PAPER_TIERS.bin(20).name == "t20"
-    assert PAPER_TIERS.bin(29.9).name == "t20"
-    assert PAPER_TIERS.bin(30).name == "t30"
-    assert PAPER_TIERS.bin(40).name == "t30"
-    assert PAPER_TIERS.bin(99).name == "t50"
-    assert PAPER_TIERS.bin(5000).name == "t100"
-    with pytest.raises(SLOError, match="tighter than the tightest"):
-        PAPER_TIERS.bin(10)
-    with pytest.raises(SLOError, match="positive"):
-        PAPER_TIERS.bin(float("nan"))
+    def named(tpot: float | None, ttft: float | None = None) -> str | None:
+        got = bin_tier(PAPER_TIERS, tpot, ttft)
+        return got.name if got is not None else None
+
+    assert [named(x) for x in (20, 29.9, 30, 40, 99, 5000)] == [
+        "t20", "t20", "t30", "t30", "t50", "t100"
+    ]  # fmt: skip
+    assert named(10) is None  # tighter than the tightest tier: none can promise it
+    assert named(float("nan")) is None
+    assert named(None) == "t100"  # no target: the loosest
+    # a TTFT target too: the loosest tier that meets both
+    tiers = [Tier("fast", 20, 200), Tier("slow", 50, 2000), Tier("slow-start", 40, 300)]
+    assert bin_tier(tiers, 60, 1000) == tiers[2]
+    assert bin_tier(tiers, 60, None) == tiers[1]
+    assert bin_tier(tiers, 30, 100) is None
 
 
 def test_tier_set_orders_tightest_first_and_refuses_bad_sets() -> None:

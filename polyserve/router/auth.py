@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from polyserve.router.settings import read_model_file
 from polyserve.router.spec import TierSpec
+from polyserve.slo import bin_tier
 
 TIER_HEADER = "x-polyserve-tier"
 TPOT_HEADER = "x-llm-d-slo-tpot-ms"
@@ -213,15 +214,12 @@ def _by_slo(
     tpot: float | None,
     ttft: float | None,
 ) -> TierSpec:
-    def meets(t: TierSpec) -> bool:
-        return (tpot is None or t.tpot_ms <= tpot) and (ttft is None or t.ttft_ms <= ttft)
-
-    fits = [t for t in permitted if meets(t)]
-    if fits:
-        return max(fits, key=lambda t: (t.tpot_ms, t.ttft_ms))
+    chosen = bin_tier(permitted, tpot, ttft)
+    if chosen is not None:
+        return chosen
     asked = ", ".join(
         f"{label} {v:g} ms" for label, v in (("TPOT", tpot), ("TTFT", ttft)) if v is not None
     )
-    if any(meets(t) for t in tiers):
+    if bin_tier(tiers, tpot, ttft) is not None:
         raise TierChoiceError(403, f"API key {ent.name!r} may not use a tier that meets {asked}.")
     raise TierChoiceError(400, f"No tier of model {model!r} meets {asked}.")
