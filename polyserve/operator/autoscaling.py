@@ -34,7 +34,7 @@ from polyserve.autoscale.decide import Autoscaler, Decision, TierTarget
 from polyserve.autoscale.loop import decide_once
 from polyserve.autoscale.signals import Observation
 from polyserve.autoscale.sources import RouterSource, SignalError, SignalSource
-from polyserve.operator.reconcile import ScalingDecision, TierObservation
+from polyserve.operator.views import ScalingDecision, TierObservation
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ import kopf
 from polyserve.operator import resources as r
 from polyserve.operator.kube import Kube
 from polyserve.operator.model import GROUP, PLURAL, VERSION, SLOTierStatus
-from polyserve.operator.reconcile import Autoscaler, EngineMetricsProbe, Reconciler, StreamProbe
+from polyserve.operator.reconcile import EngineMetricsProbe, Reconciler
+from polyserve.operator.views import Autoscaler, StreamProbe
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from polyserve.autoscale.signals import BackendState, Observation, RouterState, 
 from polyserve.autoscale.sources import SignalError
 from polyserve.autoscale.trend import StateReader
 from polyserve.operator.autoscaling import RouterAutoscaler
-from polyserve.operator.reconcile import TierObservation
+from polyserve.operator.views import TierObservation
 from polyserve.profile import load_profile
 from tests.operator.test_reconcile import spec
 

@@ -19,7 +19,7 @@ from polyserve.autoscale.signals import BackendState, Observation, RouterState, 
 from polyserve.autoscale.trend import StateReader
 from polyserve.autoscale.virtual import SimAutoscaler, VirtualActuator
 from polyserve.operator.autoscaling import RouterAutoscaler
-from polyserve.operator.reconcile import ScalingDecision, TierObservation
+from polyserve.operator.views import ScalingDecision, TierObservation
 from polyserve.policy import make_policy
 from polyserve.profile import load_profile
 from polyserve.sim.fleet import FleetSim, SimConfig

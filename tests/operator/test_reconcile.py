@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from polyserve.autoscale.decide import Reason as ScaleReason
 from polyserve.operator import resources as r
 from polyserve.operator.model import ConditionType, ProfileRef, Reason, SLOTierSpec
-from polyserve.operator.reconcile import (
-    PodView,
-    ScalingDecision,
+from polyserve.operator.plan import (
     StatusInput,
     build_status,
     check_attainable,
     owner_target,
-    parse_streams,
     plan_scale,
     resolve_profile,
 )
+from polyserve.operator.views import PodView, ScalingDecision
 from polyserve.profile import load_profile
 from tests.operator.manifests import slotier
 
@@ -66,7 +62,7 @@ def test_scale_down_marks_then_costs_then_lowers() -> None:
 
 
 def pd(replicas: int, **kw: Any) -> Any:
-    from polyserve.operator.reconcile import ScalePlan
+    from polyserve.operator.plan import ScalePlan
 
     return ScalePlan(replicas=replicas, **kw)
 
@@ -132,20 +128,6 @@ def test_conditions_keep_their_transition_time() -> None:
     )
     degraded = {c.type: c for c in low.conditions}[ConditionType.DEGRADED]
     assert (degraded.status, degraded.reason) == ("True", Reason.ATTAINMENT_BELOW_TARGET)
-
-
-@pytest.mark.parametrize(
-    ("text", "want"),
-    [
-        (
-            'vllm:num_requests_running{model_name="m",engine="0"} 2.0\nvllm:num_requests_waiting{model_name="m",engine="0"} 1.0\n',
-            3,
-        ),
-        ("# nothing\n", None),
-    ],
-)
-def test_parse_streams(text: str, want: int | None) -> None:
-    assert parse_streams(text) == want
 
 
 def test_desired_objects() -> None:

@@ -16,7 +16,7 @@ from polyserve.operator.autoscaling import RouterAutoscaler, router_sources
 from polyserve.operator.discovery import kubernetes_fleet
 from polyserve.operator.handlers import OperatorConfig, operator_in_thread
 from polyserve.operator.model import GROUP, PLURAL, VERSION
-from polyserve.operator.reconcile import ScalingDecision, TierObservation
+from polyserve.operator.views import ScalingDecision, TierObservation
 from polyserve.router.server import Router
 from polyserve.router.settings import RouterSettings
 from tests.k8s.conftest import wait_for
