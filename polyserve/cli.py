@@ -18,6 +18,7 @@ from polyserve.local.cli import demo, up
 from polyserve.mockengine.cli import mock_engine
 from polyserve.operator.cli import operator_app
 from polyserve.profile import (
+    DEFAULT_PROFILE,
     ProfileError,
     available_profiles,
     fit_iteration_model,
@@ -137,7 +138,7 @@ def simulate(
     ] = "azure-conv",
     requests: Annotated[int, typer.Option(min=100, help="Requests to replay.")] = 8000,
     servers: Annotated[int, typer.Option(min=1, help="Engines in the fleet.")] = 20,
-    profile: Annotated[str, typer.Option(help="Profile name or file.")] = "llama-3.1-8b-h100",
+    profile: Annotated[str, typer.Option(help="Profile name or file.")] = DEFAULT_PROFILE,
     policies: Annotated[str, typer.Option(help="Comma-separated policy names.")] = ",".join(
         QUICK_POLICIES
     ),

@@ -9,14 +9,14 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from polyserve import precise_loop
+
 T = TypeVar("T")
 
 
 class LoopThread:
     def __init__(self, name: str) -> None:
-        from polyserve.mockengine import timing  # not at import: mockengine imports this module
-
-        self.loop = timing.new_event_loop()
+        self.loop = precise_loop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
 
     def start(self) -> None:

@@ -33,6 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROFILE_DIR = Path(__file__).parent / "data" / "profiles"
+#: The shipped profile a tier or an engine uses when none is named.
+DEFAULT_PROFILE = "llama-3.1-8b-h100"
 #: Where the measured source data of the shipped profiles lives (a checkout, not an installed wheel).
 MEASURED_DIR = Path(__file__).resolve().parent.parent / "profiles" / "measured"
 

@@ -9,11 +9,12 @@ from typer.testing import CliRunner
 
 from polyserve.cli import app
 from polyserve.loadgen.plan import TierInfo, plan, prompt_text
-from polyserve.mockengine import MockEngineSettings, MockEngineThread, tokenizer
+from polyserve.mockengine import MockEngineSettings, MockEngineThread
 from polyserve.router.settings import RouterSettings
 from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
 from polyserve.router.testing import RouterThread
 from polyserve.sim.workload import WorkloadError
+from polyserve.wire import tokenizer
 
 TIERS = [TierInfo("t20", 20, 500), TierInfo("t50", 50, 1000), TierInfo("t100", 100, 2000)]
 

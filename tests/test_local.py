@@ -62,8 +62,8 @@ def test_local_config_is_validated(tmp_path: Path) -> None:
 def test_local_actuator_starts_and_drains_engines() -> None:
     import asyncio
 
+    from polyserve import precise_loop
     from polyserve.local.up import LocalFleet
-    from polyserve.mockengine import timing
 
     cfg = LocalConfig(
         port=0, autoscale=False, tiers=[LocalTier(name="t50", tpot_ms=50, ttft_ms=1000)]
@@ -97,4 +97,4 @@ def test_local_actuator_starts_and_drains_engines() -> None:
         finally:
             await fleet.close()
 
-    timing.run(main())
+    precise_loop.run(main())

@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from polyserve import precise_loop
 from polyserve.loadgen.client import LoadClient, Result, Run, Sample, fetch_tiers
 from polyserve.loadgen.plan import TierInfo, plan
 from polyserve.loadgen.report import HEADER, markdown, row_cells, tier_rows, write_plots
-from polyserve.mockengine import timing
 from polyserve.options import fail
 from polyserve.sim.workload import WorkloadError
 
@@ -75,7 +75,7 @@ def load(
     except ValueError:
         fail(f"--mix {mix!r}: expected comma-separated numbers")
     try:
-        run = timing.run(
+        run = precise_loop.run(
             _run(
                 url,
                 workload,

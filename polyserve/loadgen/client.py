@@ -19,8 +19,8 @@ import aiohttp
 
 from polyserve.autoscale.signals import STATE_PATH, RouterState
 from polyserve.loadgen.plan import Planned, prompt_text
-from polyserve.mockengine.protocol import SSEDecoder
 from polyserve.slo import check_deadlines
+from polyserve.wire.openai import SSEDecoder
 
 
 @dataclass

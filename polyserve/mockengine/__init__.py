@@ -2,8 +2,8 @@
 
 Public surface: :class:`MockEngineSettings` (every option), :class:`MockFleet` / :func:`serve`
 (engines on the running event loop), :class:`MockEngineThread` (a fleet in a background thread,
-for tests). The wire format lives in :mod:`polyserve.mockengine.protocol` and the metric names in
-:mod:`polyserve.mockengine.metrics`, both reusable by clients and the router.
+for tests). The wire format it speaks is :mod:`polyserve.wire`, shared with the router and clients;
+the engine's own parts are its output text (``textgen``), its metrics and its step loop.
 """
 
 from polyserve.mockengine.server import EngineServer, MockFleet, serve

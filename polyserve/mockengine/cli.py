@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from polyserve.mockengine import timing
-from polyserve.mockengine.settings import DEFAULT_PROFILE, MockEngineSettings
+from polyserve import precise_loop
+from polyserve.mockengine.settings import MockEngineSettings
 from polyserve.options import fail, invalid_options, setup_logging, stop_on_signals
+from polyserve.profile import DEFAULT_PROFILE
 
 _FAULTS = "Fault injection (tests)"
 
@@ -100,7 +101,7 @@ def mock_engine(
     from polyserve.profile import ProfileError
 
     try:
-        code = timing.run(_main(settings))
+        code = precise_loop.run(_main(settings))
     except (ProfileError, ValueError, OSError) as exc:
         fail(str(exc))
     raise typer.Exit(code)

@@ -1,8 +1,9 @@
 """vLLM's Prometheus metrics for one engine, fed from the engine model and the wall clock.
 
 Names, types, label names (``model_name``, ``engine``, in that order) and buckets follow
-reference/vllm-interface.md, so the module doubles as the list of names the router reads.
-Each engine has its own registry (several engines share one process in a fleet).
+reference/vllm-interface.md; the load gauges that scrapers read are named in
+:mod:`polyserve.wire.vllm_metrics`. Each engine has its own registry (several engines share one
+process in a fleet).
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from polyserve.wire.vllm_metrics import KV_CACHE_USAGE, NUM_REQUESTS_RUNNING, NUM_REQUESTS_WAITING
+
 LABELS = ("model_name", "engine")
 
-NUM_REQUESTS_RUNNING = "vllm:num_requests_running"
-NUM_REQUESTS_WAITING = "vllm:num_requests_waiting"
-KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"  # a fraction 0..1
 NUM_PREEMPTIONS = "vllm:num_preemptions"  # counter: exposed as ..._total
 PROMPT_TOKENS = "vllm:prompt_tokens"
 GENERATION_TOKENS = "vllm:generation_tokens"

@@ -21,12 +21,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from polyserve.engine import Engine, EngineError
-from polyserve.mockengine import protocol as proto
-from polyserve.mockengine import textgen, tokenizer
+from polyserve.mockengine import textgen
 from polyserve.mockengine.metrics import EngineMetrics
 from polyserve.mockengine.runner import EngineDeadError, EngineRunner, TokenStream
 from polyserve.mockengine.settings import MockEngineSettings
 from polyserve.profile import Profile, load_profile
+from polyserve.wire import openai as proto
+from polyserve.wire import tokenizer
 
 log = logging.getLogger("polyserve.mockengine")
 

@@ -7,9 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from polyserve.engine import EngineConfig
-from polyserve.profile import Profile
-
-DEFAULT_PROFILE = "llama-3.1-8b-h100"
+from polyserve.profile import DEFAULT_PROFILE, Profile
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]

@@ -10,10 +10,9 @@ from urllib.parse import urlsplit
 import typer
 from pydantic import ValidationError
 
-from polyserve.mockengine.settings import DEFAULT_PROFILE
 from polyserve.options import fail, invalid_options, setup_logging, stop_on_signals
 from polyserve.policy.dispatch import DEADLINE_MISS_CHOICES
-from polyserve.profile import ProfileError, load_profile
+from polyserve.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from polyserve.router.auth import KeyRing, load_keys
 from polyserve.router.settings import ConfigError, RouterSettings, load_fleet
 from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec

@@ -10,9 +10,9 @@ from functools import cache
 from typing import Any
 
 from polyserve.autoscale.signals import RouterState
-from polyserve.mockengine import protocol as proto
 from polyserve.router.auth import TIER_HEADER, TPOT_HEADER, TTFT_HEADER
 from polyserve.router.spec import FleetSpec
+from polyserve.wire import openai as proto
 
 _ERROR = {
     "type": "object",

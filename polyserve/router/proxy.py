@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 from aiohttp import web
 
-from polyserve.mockengine import protocol as proto
 from polyserve.router.pool import ModelPool, Ticket
 from polyserve.router.stream import StreamTally
 from polyserve.slo import check_deadlines, token_deadline
+from polyserve.wire import openai as proto
 
 if TYPE_CHECKING:
     from polyserve.router.server import Router

@@ -27,11 +27,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from polyserve.autoscale.signals import STATE_PATH, RouterState
-from polyserve.mockengine import protocol as proto
-from polyserve.mockengine import tokenizer
 from polyserve.profile import ProfileError, load_profile
 from polyserve.router.auth import ANONYMOUS, Entitlement, KeyRing, TierChoiceError, resolve_tier
-from polyserve.router.engine_metrics import foreign_load, parse_engine_load
+from polyserve.router.engine_metrics import foreign_load
 from polyserve.router.metrics import RouterMetrics
 from polyserve.router.openapi import openapi_document
 from polyserve.router.pool import ModelPool, Ticket
@@ -39,6 +37,9 @@ from polyserve.router.proxy import Attempt, forward
 from polyserve.router.settings import RouterSettings
 from polyserve.router.spec import FleetSpec, TierSpec
 from polyserve.router.state import router_state
+from polyserve.wire import openai as proto
+from polyserve.wire import tokenizer
+from polyserve.wire.vllm_metrics import parse_engine_load
 
 log = logging.getLogger("polyserve.router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -569,8 +570,7 @@ class Router:
         try:
             prompt = parsed.single_prompt()
         except proto.ApiError as e:
-            msg = e.message.replace("by the mock engine", "by the router (one prompt per request)")
-            raise Refused(400, msg, "client_error", "prompt") from None
+            raise Refused(400, e.message, "client_error", e.param) from None
         if isinstance(prompt, str):
             return tokenizer.completion_prompt_tokens(prompt, parsed.add_special_tokens)
         return len(prompt)

@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polyserve.policy.dispatch import DeadlineMiss
+from polyserve.profile import DEFAULT_PROFILE
 
 Ms = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # a DNS-1123 label, like Kubernetes names
@@ -31,7 +32,7 @@ class TierSpec(_Spec):
     model: Annotated[str, Field(min_length=1)]
     tpot_ms: Ms
     ttft_ms: Ms
-    profile: str = "llama-3.1-8b-h100"  # a shipped profile name or a profile file path
+    profile: str = DEFAULT_PROFILE  # a shipped profile name or a profile file path
     on_deadline_miss: DeadlineMiss = "reject"
 
     @field_validator("name")

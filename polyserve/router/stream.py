@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from polyserve.mockengine.protocol import SSEDecoder
+from polyserve.wire.openai import SSEDecoder
 
 
 def _fast_verdict(payload: str) -> bool | None:

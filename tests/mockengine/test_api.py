@@ -8,7 +8,9 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from polyserve.mockengine import MockEngineThread, protocol, textgen, tokenizer
+from polyserve.mockengine import MockEngineThread, textgen
+from polyserve.wire import openai as protocol
+from polyserve.wire import tokenizer
 from tests.mockengine.conftest import MODEL, client, raw
 
 PROMPT = "The quick brown fox jumps over the lazy dog."

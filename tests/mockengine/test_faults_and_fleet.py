@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from polyserve.cli import app
 from polyserve.mockengine import MockEngineSettings, MockEngineThread
 from polyserve.mockengine.testing import free_port_run
-from polyserve.router.engine_metrics import parse_engine_load
+from polyserve.wire.vllm_metrics import parse_engine_load
 from tests.mockengine.conftest import MODEL, STEP_MS, client, fast_profile, metric, raw, wait_until
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from polyserve.mockengine import protocol as proto
-from polyserve.mockengine import textgen, tokenizer
+from polyserve.mockengine import textgen
 from polyserve.mockengine.metrics import buckets_1_2_5
+from polyserve.wire import openai as proto
+from polyserve.wire import tokenizer
 
 
 def test_tokenizer_rules() -> None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from polyserve.mockengine.protocol import SSEDecoder
+from polyserve.wire.openai import SSEDecoder
 
 Kind = Literal["complete", "error", "rejected", "anomaly"]
 CHAT = "/v1/chat/completions"

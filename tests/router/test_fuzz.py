@@ -24,11 +24,11 @@ from pydantic import BaseModel, ValidationError
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from polyserve.mockengine import MockEngineSettings, MockEngineThread
-from polyserve.mockengine import protocol as proto
 from polyserve.router.auth import TIER_HEADER, TPOT_HEADER, TTFT_HEADER, KeyEntry, KeyRing
 from polyserve.router.openapi import openapi_document
 from polyserve.router.spec import FleetSpec
 from polyserve.router.testing import RouterThread
+from polyserve.wire import openai as proto
 from tests.mockengine.conftest import raw, wait_until
 from tests.router.conftest import MODEL, PROFILE, TIERS, backend
 

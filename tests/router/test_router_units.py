@@ -17,11 +17,12 @@ from polyserve.router.auth import (
     load_keys,
     resolve_tier,
 )
-from polyserve.router.engine_metrics import EngineLoad, foreign_load, parse_engine_load
+from polyserve.router.engine_metrics import foreign_load
 from polyserve.router.pool import ModelPool
 from polyserve.router.settings import ConfigError
 from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
 from polyserve.router.stream import StreamTally
+from polyserve.wire.vllm_metrics import EngineLoad
 
 M = "m"
 TIERS = [
@@ -123,22 +124,6 @@ def test_llm_d_headers_bin_to_the_next_tighter_tier() -> None:
 
 
 # ------------------------------------------------------------------------------- engine metrics
-
-PAGE = """# HELP vllm:num_requests_running Number of requests in model execution batches.
-# TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{engine="0",model_name="m"} 3.0
-vllm:num_requests_running{engine="1",model_name="m"} 2.0
-vllm:num_requests_waiting{engine="0",model_name="m"} 1.0
-vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
-vllm:num_requests_waiting_by_reason{reason="x"} 99
-vllm:num_requests_running{engine="2"} garbage
-"""
-
-
-def test_engine_load_sums_label_sets_and_skips_garbage() -> None:
-    load = parse_engine_load(PAGE)
-    assert load == EngineLoad(running=5.0, waiting=1.0, kv_usage=0.25, bad_lines=1)
-    assert parse_engine_load("not a metrics page\n") is None
 
 
 def test_foreign_load_only_adds() -> None:

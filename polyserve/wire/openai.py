@@ -1,8 +1,8 @@
 """The OpenAI/vLLM wire format: request models, responses, SSE chunks, errors.
 
-Kept free of server code so that a client or the router can reuse it: :class:`SSEDecoder` splits
-a byte stream into ``data:`` payloads, :func:`parse_sse_payload` reads one chunk, and the
-builders here write what vLLM's OpenAI server writes: compact JSON, one event per token; chat
+Free of server code: the router, the mock engine and the load client share it.
+:class:`SSEDecoder` splits a byte stream into ``data:`` payloads, :func:`parse_sse_payload` reads
+one chunk, and the builders here write what vLLM's OpenAI server writes: compact JSON, one event per token; chat
 chunks with only the fields vLLM sets (the role chunk first, ``finish_reason`` and
 ``stop_reason`` in the last content chunk), completion chunks with every field (vLLM dumps them
 with ``exclude_unset=False``: ``stop_reason``, ``prompt_token_ids``, ``token_ids`` and ``usage``
@@ -102,7 +102,7 @@ class StreamOptions(OpenAIBody):
 
 
 class SamplingFields(OpenAIBody):
-    """The fields the mock acts on; the other sampling knobs are typed and accepted."""
+    """The fields PolyServe acts on; the other sampling knobs are typed and accepted."""
 
     model: str | None = None
     max_tokens: int | None = None
@@ -130,7 +130,7 @@ class SamplingFields(OpenAIBody):
         if self.n is not None and self.n != 1:
             if self.n < 1:
                 raise ApiError(f"n must be at least 1, got {self.n}.", param="n")
-            raise ApiError("n > 1 is not supported by the mock engine.", param="n")
+            raise ApiError("n > 1 is not supported (one choice per request).", param="n")
         if max_tokens is not None and max_tokens < 1:
             raise ApiError(f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens")
         if self.min_tokens < 0:
@@ -172,7 +172,7 @@ class CompletionRequest(SamplingFields):
     add_special_tokens: bool = True
 
     def single_prompt(self) -> str | list[int]:
-        """The one prompt of the request (the mock serves one prompt per request)."""
+        """The one prompt of the request (PolyServe serves one prompt per request)."""
         p = self.prompt
         if isinstance(p, str):
             return p
@@ -181,7 +181,9 @@ class CompletionRequest(SamplingFields):
         if all(isinstance(t, int) for t in p):
             return [int(t) for t in p]  # type: ignore[arg-type]
         if len(p) != 1:
-            raise ApiError("Batched prompts are not supported by the mock engine.", param="prompt")
+            raise ApiError(
+                "Batched prompts are not supported (one prompt per request).", param="prompt"
+            )
         only = p[0]
         if isinstance(only, str):
             return only
