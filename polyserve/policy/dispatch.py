@@ -56,8 +56,13 @@ class TierQueues(Generic[T]):
         self.queues: list[deque[T]] = [deque() for _ in on_deadline_miss]
         self._pending_of = pending_of
 
-    def push(self, item: T) -> None:
-        self.queues[self._pending_of(item).tier].append(item)
+    def push(self, item: T, front: bool = False) -> None:
+        """Queue at the back; ``front``: at the head (a retry of a request that had its turn)."""
+        q = self.queues[self._pending_of(item).tier]
+        if front:
+            q.appendleft(item)
+        else:
+            q.append(item)
 
     def remove(self, item: T) -> bool:
         """Take an item out wherever it waits (its client went away). False if it was not queued."""

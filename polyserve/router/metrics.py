@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from polyserve.router.pool import ModelPool
@@ -80,10 +80,19 @@ class _StateCollector(Collector):
         up = family("backend_ready", "1 if the backend is healthy.", blabels)
         draining = family("backend_draining", "1 if the backend takes no new requests.", blabels)
         idle = family("backend_idle_seconds", "Seconds the backend has held no request.", blabels)
+        # the pool's own count (the state's shed_total too), so the two can never disagree
+        shed = CounterMetricFamily(
+            PREFIX + "shed",
+            "Requests refused because their deadline could not be met.",
+            labels=["model", "tier"],
+        )
         for pool in self._pools():
             for i, spec in enumerate(pool.tier_specs):
                 pending.add_metric([pool.model, spec.name], pool.queues.lengths()[i])
                 oldest.add_metric([pool.model, spec.name], pool.oldest_wait_s(i, now))
+            shed_total = pool.shed_total
+            for name in dict.fromkeys([*(s.name for s in pool.tier_specs), *shed_total]):
+                shed.add_metric([pool.model, name], shed_total.get(name, 0))
             for b in pool.backends.values():
                 lab = [pool.model, b.name, b.spec.tier or ""]
                 residents.add_metric(lab, b.view.residents)
@@ -92,7 +101,7 @@ class _StateCollector(Collector):
                 up.add_metric(lab, 1.0 if b.view.healthy else 0.0)
                 draining.add_metric(lab, 1.0 if b.view.draining else 0.0)
                 idle.add_metric(lab, pool.idle_s(b, now))
-        yield from (pending, oldest, residents, foreign, kv, up, draining, idle)
+        yield from (pending, oldest, residents, foreign, kv, up, draining, idle, shed)
 
 
 class RouterMetrics:
@@ -104,12 +113,6 @@ class RouterMetrics:
         tier = ["model", "tier"]
         self.requests = Counter(
             PREFIX + "requests", "Requests by final outcome.", [*tier, "outcome"], registry=r
-        )
-        self.shed = Counter(
-            PREFIX + "shed",
-            "Requests refused because their deadline could not be met.",
-            tier,
-            registry=r,
         )
         self.slo_measured = Counter(
             PREFIX + "slo_measured", "Requests judged by their SLO.", tier, registry=r

@@ -1,8 +1,10 @@
-"""The router's live state for one model: tiers, backends, queues, accounting (pure, no I/O).
+"""The router's live state for one model: tiers, backends, tickets (pure, no I/O).
 
 The router keeps one :class:`ModelPool` per model. Everything here is synchronous and takes ``now``
-as an argument (monotonic seconds), so the same policy and dispatch code as the simulator decides
-(``polyserve.policy``), and the I/O layer (``router.server``) only carries out the decisions.
+as an argument (monotonic seconds). The request lifecycle (queues, placement, accounting, release)
+is the simulator's too: :class:`~polyserve.policy.ledger.Ledger`. The pool adds the backends the
+router discovers and the ticket states it answers clients by; the I/O layer (``router.server``)
+only carries out the decisions.
 
 A :class:`Ticket` is one client request. Its life: ``queued`` (in its tier's FIFO) -> ``placed``
 (on a backend, accounted in the backend's ``ServerView``) -> ``done``; or ``rejected`` (its TTFT
@@ -19,8 +21,8 @@ from typing import Literal
 
 from polyserve.policy import OutputLengthEstimator, make_policy
 from polyserve.policy.base import FleetView, PendingRequest, Placement, Policy, ServerView
-from polyserve.policy.checks import ideal_ttft_ms
-from polyserve.policy.dispatch import TierQueues, claim, release_if_drained
+from polyserve.policy.dispatch import TierQueues
+from polyserve.policy.ledger import Ledger
 from polyserve.profile import Profile, load_profile
 from polyserve.router.spec import BackendSpec, TierSpec
 from polyserve.slo import Tier, TierSet
@@ -66,28 +68,67 @@ class ModelPool:
     policy_name: str = "polyserve"
     output_prior: float = 256.0
     backends: dict[str, Backend] = field(default_factory=dict)
-    arrivals_total: dict[str, int] = field(default_factory=dict)  # per tier name, since start
-    shed_total: dict[str, int] = field(default_factory=dict)  # refused for their deadline
     measured_total: dict[str, int] = field(default_factory=dict)  # judged against the SLO
     attained_total: dict[str, int] = field(default_factory=dict)  # ... that met every deadline
     _next_index: int = 0
+    ledger: Ledger[Ticket] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._build_tiers(self.tier_specs, queued=[])
+        self._build_tiers(self.tier_specs, queued=[], last=None)
+
+    # ---------------------------------------------------------------- the ledger's parts
+
+    @property
+    def tiers(self) -> TierSet:
+        return self.ledger.tiers
+
+    @property
+    def policy(self) -> Policy:
+        return self.ledger.policy
+
+    @property
+    def fleet(self) -> FleetView:
+        return self.ledger.fleet
+
+    @property
+    def queues(self) -> TierQueues[Ticket]:
+        return self.ledger.queues
+
+    @property
+    def estimator(self) -> OutputLengthEstimator:
+        return self.ledger.estimator
+
+    @property
+    def arrivals_total(self) -> dict[str, int]:
+        """Requests received per tier name, since start (the ledger counts them)."""
+        return self.ledger.arrivals
+
+    @property
+    def shed_total(self) -> dict[str, int]:
+        """Requests refused for their deadline per tier name, since start: the one count (the
+        state and ``polyserve_router_shed_total`` read it)."""
+        return self.ledger.shed
 
     # ---------------------------------------------------------------- configuration
 
-    def _build_tiers(self, specs: list[TierSpec], queued: list[Ticket]) -> list[Ticket]:
-        """(Re)build tier-indexed state; returns the queued tickets whose tier disappeared."""
-        self.tiers = TierSet(Tier(t.name, t.tpot_ms, t.ttft_ms) for t in specs)
-        self.tier_specs = [next(s for s in specs if s.name == t.name) for t in self.tiers]
+    def _build_tiers(
+        self, specs: list[TierSpec], queued: list[Ticket], last: Ledger[Ticket] | None
+    ) -> list[Ticket]:
+        """(Re)build tier-indexed state, a fresh ledger continuing ``last``'s counters; returns the
+        queued tickets whose tier disappeared."""
+        tiers = TierSet(Tier(t.name, t.tpot_ms, t.ttft_ms) for t in specs)
+        self.tier_specs = [next(s for s in specs if s.name == t.name) for t in tiers]
         self.profiles: list[Profile] = [load_profile(s.profile) for s in self.tier_specs]
-        self.policy: Policy = make_policy(self.policy_name, shares=[1.0] * len(self.tiers))
-        self.estimator = OutputLengthEstimator(len(self.tiers), prior=self.output_prior)
-        self.queues: TierQueues[Ticket] = TierQueues(
-            [s.on_deadline_miss for s in self.tier_specs], lambda t: t.pending
+        self.ledger = Ledger(
+            tiers,
+            make_policy(self.policy_name, shares=[1.0] * len(tiers)),
+            [b.view for b in self.backends.values()],
+            [ServerView("ideal", p, p.max_num_batched_tokens) for p in self.profiles],
+            [s.on_deadline_miss for s in self.tier_specs],
+            output_prior=self.output_prior,
+            arrivals=last.arrivals if last is not None else None,
+            shed=last.shed if last is not None else None,
         )
-        self.fleet = FleetView(self.tiers, [b.view for b in self.backends.values()])
         orphans: list[Ticket] = []
         names = {s.name: i for i, s in enumerate(self.tier_specs)}
         self._tier_pos = names
@@ -98,7 +139,7 @@ class ModelPool:
                 continue
             ticket.tier = self.tier_specs[index]
             ticket.pending.tier = index
-            self.queues.push(ticket)
+            self.ledger.queue(ticket)
         for b in self.backends.values():
             b.view.tier = names.get(b.spec.tier) if b.spec.tier is not None else None
         return orphans
@@ -107,10 +148,7 @@ class ModelPool:
         """Apply a new tier list; returns queued tickets whose tier is gone (to be answered)."""
         if specs == self.tier_specs:
             return []
-        return self._build_tiers(specs, self.queues.take_all())
-
-    def tier_index(self, name: str) -> int:
-        return self.tiers.index(name)
+        return self._build_tiers(specs, self.ledger.take_all(), self.ledger)
 
     def set_backends(self, specs: Iterable[BackendSpec], now: float) -> None:
         """Reconcile to a discovery snapshot: add, update, and retire (after their requests)."""
@@ -175,35 +213,19 @@ class ModelPool:
         now: float,
     ) -> Ticket:
         index = self.tiers.index(tier.name)
-        pending = PendingRequest(
-            rid=rid,
-            tier=index,
-            prompt_tokens=prompt_tokens,
-            ttft_ms=ttft_ms,
-            tpot_ms=tier.tpot_ms,
-            arrival=now,
-            expected_output=self.estimator.expected(index, max_tokens),
-            ideal_ttft_ms=self._ideal_ttft(index, prompt_tokens),
+        pending = self.ledger.arrive(
+            rid, index, prompt_tokens, ttft_ms, tier.tpot_ms, now, max_tokens
         )
-        self.arrivals_total[tier.name] = self.arrivals_total.get(tier.name, 0) + 1
         return Ticket(rid, self.model, tier, pending, max_tokens, queued_at=now)
-
-    def _ideal_ttft(self, tier: int, prompt_tokens: int) -> float:
-        prof = self.profiles[tier]
-        template = ServerView("ideal", prof, prof.max_num_batched_tokens)
-        return ideal_ttft_ms(template, prompt_tokens)
 
     def enqueue(self, ticket: Ticket, now: float, front: bool = False) -> None:
         ticket.state = "queued"
         ticket.queued_at = now
-        if front:
-            self.queues.queues[ticket.pending.tier].appendleft(ticket)
-        else:
-            self.queues.push(ticket)
+        self.ledger.queue(ticket, front)
 
     def cancel(self, ticket: Ticket) -> bool:
         """The client left while queued. False if the ticket was no longer queued."""
-        if ticket.state != "queued" or not self.queues.remove(ticket):
+        if ticket.state != "queued" or not self.ledger.cancel(ticket):
             return False
         ticket.state = "cancelled"
         return True
@@ -211,42 +233,28 @@ class ModelPool:
     def dispatch(self, now: float, only_tier: int | None = None) -> list[Ticket]:
         """Place what can be placed; returns the tickets it settled (placed or rejected)."""
         settled: list[Ticket] = []
-        for ticket, placement in self.queues.drain(self.policy, self.fleet, now, only_tier):
+        for ticket, placement in self.ledger.dispatch(now, only_tier):
             if placement is None:
                 ticket.state = "rejected"
                 ticket.reason = "deadline"
-                name = ticket.tier.name
-                self.shed_total[name] = self.shed_total.get(name, 0) + 1
             else:
-                self._admit(ticket, placement, now)
+                ticket.state = "placed"
+                ticket.backend = placement.server.name
+                ticket.attempts += 1
+                ticket.generated = 0
+                self.backends[ticket.backend].idle_since = None
             settled.append(ticket)
         return settled
 
-    def _admit(self, ticket: Ticket, placement: Placement, now: float) -> None:
-        view = claim(placement)
-        b = self.backends[view.name]
-        ticket.state = "placed"
-        ticket.placement = placement
-        ticket.backend = view.name
-        ticket.attempts += 1
-        ticket.got_first = False
-        ticket.generated = 0
-        p = ticket.pending
-        view.on_admit(p.prompt_tokens, p.expected_output, p.tpot_ms)
-        b.idle_since = None
-
     def on_first_token(self, ticket: Ticket) -> None:
-        b = self.backends.get(ticket.backend or "")
-        if b is None or ticket.got_first or ticket.state != "placed":
-            return
-        ticket.got_first = True
-        b.view.on_first_token(ticket.pending.prompt_tokens)
+        if ticket.state == "placed" and ticket.backend in self.backends:
+            self.ledger.first_token(ticket)
 
     def on_tokens(self, ticket: Ticket, n: int) -> None:
         b = self.backends.get(ticket.backend or "")
         if b is not None and n > 0:
             ticket.generated += n
-            b.view.on_tokens(n)
+            self.ledger.tokens(b.view, n)
 
     def release(self, ticket: Ticket, now: float, completed: bool) -> None:
         """Take a placed ticket off its backend (finished, failed, or its client left).
@@ -256,17 +264,12 @@ class ModelPool:
         b = self.backends.get(ticket.backend or "")
         if ticket.state != "placed" or b is None:
             return
-        p = ticket.pending
-        b.view.on_finish(
-            p.prompt_tokens, ticket.generated, p.expected_output, p.tpot_ms, ticket.got_first
-        )
+        # by name: the tier list may have changed since it was placed
+        learn = self._tier_pos.get(ticket.tier.name) if completed else None
+        self.ledger.finish(ticket, ticket.generated, learn)
         if b.view.n_requests == 0:
             b.idle_since = now
-        tier = self._tier_pos.get(ticket.tier.name)  # by name: the tier list may have changed
-        if completed and tier is not None:
-            self.estimator.observe(tier, ticket.generated)
         ticket.state = "done"
-        release_if_drained(b.view, self.policy)
         self._forget_if_done(b)
 
     def judged(self, tier: str, attained: bool) -> None:
@@ -276,7 +279,7 @@ class ModelPool:
             self.attained_total[tier] = self.attained_total.get(tier, 0) + 1
 
     def take_queued(self) -> list[Ticket]:
-        return self.queues.take_all()
+        return self.ledger.take_all()
 
     # ---------------------------------------------------------------- signals
 
@@ -286,18 +289,12 @@ class ModelPool:
         return 0.0 if b.idle_since is None else max(0.0, now - b.idle_since)
 
     def oldest_wait_s(self, tier: int, now: float) -> float:
-        arrival = self.queues.oldest_arrival(tier)
-        return 0.0 if arrival is None else max(0.0, now - arrival)
+        return self.ledger.oldest_wait_s(tier, now)
 
     def next_deadline(self, now: float, max_wait_s: float = math.inf) -> float:
         """When the earliest queued head becomes hopeless or times out (the router re-dispatches
         then)."""
-        soonest = math.inf
-        for q in self.queues.queues:
-            if q:
-                p = q[0].pending
-                soonest = min(soonest, p.hopeless_at, p.arrival + max_wait_s)
-        return soonest
+        return self.ledger.next_deadline(max_wait_s)
 
     def expire(self, now: float, max_wait_s: float) -> list[Ticket]:
         """Take out the queued tickets that arrived ``max_wait_s`` or more ago (to be answered).
@@ -305,7 +302,7 @@ class ModelPool:
         A tier that waits (``wait``, or ``degrade`` with nowhere to degrade to) would otherwise
         hold a request forever when no server can ever take it.
         """
-        out = self.queues.take_expired(now, max_wait_s)
+        out = self.ledger.expire(now, max_wait_s)
         for ticket in out:
             ticket.state = "rejected"
         return out

@@ -13,33 +13,45 @@ import asyncio
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from polyserve.router.metrics import RouterMetrics
 from polyserve.router.pool import ModelPool, Ticket
 from polyserve.router.stream import StreamTally
 from polyserve.slo import check_deadlines, token_deadline
 from polyserve.wire import openai as proto
 
-if TYPE_CHECKING:
-    from polyserve.router.server import Router
-
 _BACKEND_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """What forwarding needs of the router: its session to the backends and their timeouts, its
+    clock and metrics, the backend answers being read (the router cuts them when it closes) and
+    whether it is closing (a cut stream then ends with a 503, not a backend error)."""
+
+    session: aiohttp.ClientSession
+    timeout: aiohttp.ClientTimeout
+    metrics: RouterMetrics
+    now: Callable[[], float]
+    closing: Callable[[], bool]
+    inflight: set[aiohttp.ClientResponse]
+
+
 @dataclass
 class Attempt:
-    router: Router
+    upstream: Upstream
     pool: ModelPool
     ticket: Ticket
     request: web.Request
     payload: dict[str, Any]
     stream: bool
-    kind: Literal["chat", "completion"]
 
 
 @dataclass
@@ -74,28 +86,22 @@ def _error_event(message: str, status: int = 502) -> bytes:
 
 
 async def forward(a: Attempt) -> Result:
-    router, pool, ticket = a.router, a.pool, a.ticket
+    up, pool, ticket = a.upstream, a.pool, a.ticket
     backend = pool.backends[ticket.backend or ""]
     body = backend_body(a.payload, ticket.pending.tier if backend.spec.priority else None)
-    settings = router.settings
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
-    )
-    session = router._session
-    assert session is not None
     headers = {"Content-Type": "application/json", proto.REQUEST_ID_HEADER: ticket.rid}
     try:
-        resp = await session.post(
+        resp = await up.session.post(
             backend.spec.url + a.request.path,
             data=proto.dumps(body),
             headers=headers,
-            timeout=timeout,
+            timeout=up.timeout,
         )
     except _BACKEND_FAILURES as e:
         return Result(retry_reason=f"connect: {type(e).__name__}")
     timer = _virtual_first_token(a) if not a.stream else None
     completed = False
-    router.inflight.add(resp)
+    up.inflight.add(resp)
     try:
         if resp.status >= 500:
             return Result(retry_reason=f"status {resp.status}")
@@ -113,7 +119,7 @@ async def forward(a: Attempt) -> Result:
         completed = result.outcome == "ok"
         return result
     finally:
-        router.inflight.discard(resp)
+        up.inflight.discard(resp)
         if timer is not None:
             timer.cancel()
         if completed:
@@ -140,7 +146,7 @@ async def _whole(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
     tokens = 0
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         tokens = int(json.loads(data)["usage"]["completion_tokens"])
-    now = a.router.now()
+    now = a.upstream.now()
     a.pool.on_first_token(a.ticket)
     a.pool.on_tokens(a.ticket, tokens)
     p = a.ticket.pending
@@ -155,7 +161,7 @@ async def _whole(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
 
 
 async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
-    router, pool, ticket = a.router, a.pool, a.ticket
+    up, pool, ticket = a.upstream, a.pool, a.ticket
     chunks = resp.content.iter_any()
     try:
         chunk = await chunks.__anext__()
@@ -178,7 +184,7 @@ async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
     while True:
         n = tally.feed(chunk)
         if n:
-            now = router.now()
+            now = up.now()
             pool.on_first_token(ticket)
             pool.on_tokens(ticket, n)
             times.extend([now] * n)
@@ -193,7 +199,7 @@ async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
         except StopAsyncIteration:
             break
         except _BACKEND_FAILURES as e:
-            if router.closing:  # close() cut the backend connection: the router is going away
+            if up.closing():  # close() cut the backend connection: the router is going away
                 outcome, reason, status = "unavailable", "The router is shutting down.", 503
             else:
                 outcome, status = "backend_error", 502
@@ -217,7 +223,7 @@ async def _stream(a: Attempt, resp: aiohttp.ClientResponse) -> Result:
 def _judge_stream(a: Attempt, times: list[float]) -> None:
     p = a.ticket.pending
     labels = (a.pool.model, a.ticket.tier.name)
-    m = a.router.metrics
+    m = a.upstream.metrics
     if times:
         m.ttft.labels(*labels).observe(times[0] - p.arrival)
         if len(times) > 1:
@@ -229,6 +235,6 @@ def _judge_stream(a: Attempt, times: list[float]) -> None:
 def _judge(a: Attempt, attained: bool) -> None:
     labels = (a.pool.model, a.ticket.tier.name)
     a.pool.judged(a.ticket.tier.name, attained)
-    a.router.metrics.slo_measured.labels(*labels).inc()
+    a.upstream.metrics.slo_measured.labels(*labels).inc()
     if attained:
-        a.router.metrics.slo_attained.labels(*labels).inc()
+        a.upstream.metrics.slo_attained.labels(*labels).inc()

@@ -596,10 +596,8 @@ class Router:
                 self.metrics.promotions.labels(pool.model, tier, host).inc()
             return
         reason = ticket.reason or "deadline"
-        if reason == "deadline":
-            self.metrics.shed.labels(pool.model, ticket.tier.name).inc()
-            if not pool.fleet.available():
-                reason = "no_backend"
+        if reason == "deadline" and not pool.fleet.available():  # the pool counted it as shed
+            reason = "no_backend"
         status, msg, outcome = UNPLACED[reason]
         raise Refused(status, msg, outcome, retry=status == 429)
 

@@ -1,8 +1,8 @@
 """A discrete-event fleet simulator: N engine models in virtual time, a policy placing arrivals.
 
-The simulator is one of the three bodies of the shared brain: it feeds each server's
-:class:`~polyserve.policy.base.ServerView` with the same accounting calls the router makes, asks the
-same policy objects for placements, and steps the same engine model the mock engine serves. Every
+The simulator is one of the three bodies of the shared brain: a request's lifecycle (queues,
+placement, accounting, release) is the router's :class:`~polyserve.policy.ledger.Ledger`, fed here
+from the engine model's events; the simulator itself only steps the engines in virtual time. Every
 token is timestamped (the engine's step end times), and each finished request is judged by the
 deadline SLO.
 
@@ -31,16 +31,14 @@ import numpy as np
 
 from polyserve.engine import Engine, EngineConfig, Request, StepResult
 from polyserve.policy.base import FleetView, PendingRequest, Placement, Policy, ServerView
-from polyserve.policy.checks import ideal_ttft_ms, step_budget_ms
+from polyserve.policy.checks import step_budget_ms
 from polyserve.policy.dispatch import (
     DEADLINE_MISS_CHOICES,
     DEFAULT_LOOKAHEAD,
     DeadlineMiss,
     TierQueues,
-    claim,
-    release_if_drained,
 )
-from polyserve.policy.estimator import OutputLengthEstimator
+from polyserve.policy.ledger import Ledger
 from polyserve.profile import Profile
 from polyserve.sim.workload import Arrival
 from polyserve.slo import RequestOutcome, Summary, TierSet, check_deadlines, summarize
@@ -78,8 +76,7 @@ class _Live:
     arrival: Arrival
     pending: PendingRequest
     engine_req: Request | None = None
-    server: int = -1
-    promoted: bool = False
+    placement: Placement | None = None
     got_first: bool = False
 
 
@@ -144,11 +141,16 @@ class FleetSim:
                 index=i,
             )
             self.servers.append(_Server(view, Engine(prof, self._engine_cfg)))
-        self.fleet = FleetView(config.tiers, [s.view for s in self.servers])
-        self.estimator = OutputLengthEstimator(len(config.tiers), prior=config.output_prior)
-        self.queues: TierQueues[_Live] = TierQueues(
-            [config.on_deadline_miss] * len(config.tiers),
-            lambda live: live.pending,
+        n_tiers = len(config.tiers)
+        # every server is alike: one template gives each tier's ideal TTFT
+        template = ServerView("ideal", prof, self._engine_cfg.max_num_batched_tokens)
+        self.ledger: Ledger[_Live] = Ledger(
+            config.tiers,
+            policy,
+            [s.view for s in self.servers],
+            [template] * n_tiers,
+            [config.on_deadline_miss] * n_tiers,
+            output_prior=config.output_prior,
             lookahead=config.lookahead,
         )
         self.outcomes: list[RequestOutcome] = []
@@ -157,12 +159,26 @@ class FleetSim:
         self._kick: set[int] = set()
         self.steps = 0
         self.promoted = 0
-        self.rejected = 0
-        self._ideal_cache: dict[int, float] = {}
-        # scaling mode: timed callbacks (a server becoming ready), counters the scaler reads
+        # scaling mode: timed callbacks (a server becoming ready)
         self._timers: list[tuple[float, int, int]] = []  # (time, seq, server index)
-        self.arrivals_by_tier = [0] * len(config.tiers)
-        self.shed_by_tier = [0] * len(config.tiers)
+
+    # ---------------------------------------------------------------- what the scaler reads
+
+    @property
+    def fleet(self) -> FleetView:
+        return self.ledger.fleet
+
+    @property
+    def queues(self) -> TierQueues[_Live]:
+        return self.ledger.queues
+
+    @property
+    def arrivals_by_tier(self) -> list[int]:
+        return [self.ledger.arrivals.get(t.name, 0) for t in self.cfg.tiers]
+
+    @property
+    def shed_by_tier(self) -> list[int]:
+        return [self.ledger.shed.get(t.name, 0) for t in self.cfg.tiers]
 
     # ---------------------------------------------------------------- chunk budget
 
@@ -249,39 +265,20 @@ class FleetSim:
             steps=self.steps,
             wall_seconds=time.perf_counter() - wall0,
             promoted=self.promoted,
-            rejected=self.rejected,
+            rejected=sum(self.ledger.shed.values()),
         )
 
     # ---------------------------------------------------------------- events
 
-    def _ideal_ttft(self, prompt: int) -> float:
-        key = prompt
-        cached = self._ideal_cache.get(key)
-        if cached is None:
-            cached = ideal_ttft_ms(self.servers[0].view, prompt)
-            self._ideal_cache[key] = cached
-        return cached
-
     def _on_arrival(self, a: Arrival, now: float) -> None:
-        pending = PendingRequest(
-            rid=a.rid,
-            tier=a.tier,
-            prompt_tokens=a.prompt_tokens,
-            ttft_ms=a.ttft_ms,
-            tpot_ms=a.tpot_ms,
-            arrival=a.time,
-            expected_output=self.estimator.expected(a.tier),
-            ideal_ttft_ms=self._ideal_ttft(a.prompt_tokens),
-        )
-        live = _Live(a, pending)
-        self.queues.push(live)
-        self.arrivals_by_tier[a.tier] += 1
+        pending = self.ledger.arrive(a.rid, a.tier, a.prompt_tokens, a.ttft_ms, a.tpot_ms, a.time)
+        self.ledger.queue(_Live(a, pending))
         self._dispatch(now, only_tier=a.tier)
-        if not self.policy.queues and self.queues.lengths()[a.tier]:
+        if not self.policy.queues and self.queues.queues[a.tier]:
             raise RuntimeError(f"policy {self.policy.name} returned no server without a queue")
 
     def _dispatch(self, now: float, only_tier: int | None = None) -> None:
-        for live, placement in self.queues.drain(self.policy, self.fleet, now, only_tier):
+        for live, placement in self.ledger.dispatch(now, only_tier):
             if placement is None:
                 self._reject(live)
             else:
@@ -289,7 +286,7 @@ class FleetSim:
 
     def _drain_queues(self, now: float) -> None:
         """Nothing runs and nothing arrives: whatever still waits can never be placed."""
-        for live in self.queues.take_all():
+        for live in self.ledger.shed_all():
             self._reject(live)
 
     def _outcome(self, a: Arrival, **measured: object) -> RequestOutcome:
@@ -305,18 +302,15 @@ class FleetSim:
         )
 
     def _reject(self, live: _Live) -> None:
-        self.rejected += 1
-        self.shed_by_tier[live.arrival.tier] += 1
         self.outcomes.append(self._outcome(live.arrival, output_tokens=0, rejected=True))
 
     def _admit(self, live: _Live, placement: Placement, now: float) -> None:
-        view = claim(placement)
+        """The engine's part of an admission (the ledger has claimed and accounted it)."""
+        view = placement.server
         srv = self.servers[view.index]
         if srv.active_since is None:
             srv.active_since = now
         a = live.arrival
-        live.server = view.index
-        live.promoted = placement.promoted
         self.promoted += placement.promoted
         req = Request(
             a.rid,
@@ -330,7 +324,6 @@ class FleetSim:
         srv.engine.add(req)
         srv.live[a.rid] = live
         srv.served += 1
-        view.on_admit(a.prompt_tokens, live.pending.expected_output, a.tpot_ms)
         self._refresh_chunk_budget(srv)
         if srv.step is None:
             self._kick.add(view.index)
@@ -363,27 +356,21 @@ class FleetSim:
         assert res is not None
         srv.step = None
         view = srv.view
+        ledger = self.ledger
         for req in res.first_tokens:
-            live = srv.live[req.rid]
-            if not live.got_first:
-                live.got_first = True
-                view.on_first_token(live.arrival.prompt_tokens)
-        view.on_tokens(res.n_decode + len(res.first_tokens))
+            ledger.first_token(srv.live[req.rid])
+        ledger.tokens(view, res.n_decode + len(res.first_tokens))
+        released = False
         for req in res.finished:
             live = srv.live.pop(req.rid)
             a = live.arrival
-            view.on_finish(
-                a.prompt_tokens, a.output_tokens, live.pending.expected_output, a.tpot_ms, True
-            )
-            self.estimator.observe(a.tier, a.output_tokens)
+            released |= ledger.finish(live, a.output_tokens, a.tier)
             self._record(srv, live, req)
         if res.finished:
-            self._refresh_chunk_budget(srv)
-        if release_if_drained(view, self.policy):
-            self._refresh_chunk_budget(srv)
-            if srv.active_since is not None and self.scaler is None:
-                srv.active_seconds += now - srv.active_since
-                srv.active_since = None
+            self._refresh_chunk_budget(srv)  # its tightest TPOT, or its tier, may have changed
+        if released and srv.active_since is not None and self.scaler is None:
+            srv.active_seconds += now - srv.active_since
+            srv.active_since = None
         if res.finished and view.n_requests == 0:
             srv.idle_since = now
             if srv.stopping:
@@ -412,7 +399,7 @@ class FleetSim:
                 first_miss=verdict.first_miss,
                 late_by_ms=verdict.late_by_ms,
                 server=srv.view.name,
-                promoted=live.promoted,
+                promoted=live.placement is not None and live.placement.promoted,
             )
         )
 
