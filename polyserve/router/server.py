@@ -33,7 +33,7 @@ from polyserve.router.engine_metrics import foreign_load
 from polyserve.router.metrics import RouterMetrics
 from polyserve.router.openapi import openapi_document
 from polyserve.router.pool import ModelPool, Ticket
-from polyserve.router.proxy import Attempt, forward
+from polyserve.router.proxy import Attempt, Upstream, forward
 from polyserve.router.settings import RouterSettings
 from polyserve.router.spec import FleetSpec, TierSpec
 from polyserve.router.state import router_state
@@ -123,7 +123,7 @@ class Router:
         self._scraped_at: dict[tuple[str, str], float] = {}
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None  # proxied requests
+        self._upstream: Upstream | None = None  # proxied requests (made by start())
         # Health checks and scrapes have their own few connections: sharing the proxy's pool,
         # they would keep every pooled connection alive, so it never shrank from its peak.
         self._probe_session: aiohttp.ClientSession | None = None
@@ -225,9 +225,21 @@ class Router:
         return app
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
-            auto_decompress=False,
+        settings = self.settings
+        self._upstream = Upstream(
+            session=aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
+                auto_decompress=False,
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.connect_timeout_s,
+                sock_read=settings.read_timeout_s,
+            ),
+            metrics=self.metrics,
+            now=self.now,
+            closing=lambda: self.closing,
+            inflight=self.inflight,
         )
         self._probe_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=2, keepalive_timeout=30.0)
@@ -277,7 +289,8 @@ class Router:
                 self._settle(ticket, "shutdown")
         for resp in list(self.inflight):  # closing the session alone leaves their reads waiting
             resp.content.set_exception(aiohttp.ClientConnectionError("the router is shutting down"))
-        for session in (self._session, self._probe_session):
+        proxy_session = self._upstream.session if self._upstream is not None else None
+        for session in (proxy_session, self._probe_session):
             if session is not None:
                 await session.close()
         if self._runner is not None:
@@ -529,7 +542,9 @@ class Router:
                 raise Refused(
                     429, "The router's queue is full; retry later.", "queue_full", retry=True
                 )
-            attempt = Attempt(self, pool, ticket, request, body, stream, kind)
+            if self._upstream is None:
+                raise RuntimeError("the router serves requests only after start()")
+            attempt = Attempt(self._upstream, pool, ticket, request, body, stream)
             while True:
                 await self._place(pool, ticket)
                 if self.closing:
