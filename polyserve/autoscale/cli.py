@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from polyserve.profile import DEFAULT_PROFILE
+
 autoscale_app = typer.Typer(no_args_is_help=True, help="Per-tier autoscaling.")
 console = Console()
 
@@ -30,7 +32,7 @@ def replay(
         Path | None,
         typer.Option("--settings", help="YAML/JSON AutoscaleSettings (camelCase or snake_case)."),
     ] = None,
-    profile: Annotated[str, typer.Option(help="Profile name or file.")] = "llama-3.1-8b-h100",
+    profile: Annotated[str, typer.Option(help="Profile name or file.")] = DEFAULT_PROFILE,
     static: Annotated[
         int, typer.Option(min=0, help="Also replay a fixed fleet of this many servers.")
     ] = 0,
