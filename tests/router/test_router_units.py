@@ -18,6 +18,7 @@ from polyserve.router.auth import (
     resolve_tier,
 )
 from polyserve.router.engine_metrics import foreign_load
+from polyserve.router.metrics import RouterMetrics
 from polyserve.router.pool import ModelPool
 from polyserve.router.settings import ConfigError
 from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
@@ -252,6 +253,27 @@ def test_idle_time_and_counters_feed_the_autoscaler() -> None:
     pool.release(t, 6.0, completed=True)
     assert pool.idle_s(pool.backends[t.backend or ""], 9.0) == 3.0
     assert pool.arrivals_total == {"t20": 1} and pool.shed_total == {}
+
+
+def test_shed_is_counted_once_and_outlives_a_tier_change() -> None:
+    tiers = [TIERS[0].model_copy(update={"ttft_ms": 1.0}), TIERS[2]]  # t20: no prefill fits 1 ms
+    pool = ModelPool(M, tiers, "polyserve")
+    pool.set_backends(backends("t20"), now=0.0)
+    for i in range(2):
+        pool.enqueue(pool.new_ticket(f"r{i}", tiers[0], 1.0, 4000, 16, 0.0), 0.0)
+    pool.dispatch(0.0)
+    metrics = RouterMetrics(lambda: [pool], lambda: 0.0)
+
+    def shed_metric() -> dict[str, float]:
+        family = next(m for m in metrics.registry.collect() if m.name == "polyserve_router_shed")
+        return {s.labels["tier"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+    # the state's counter and the Prometheus one are the same count; a tier yet to shed shows 0
+    assert pool.shed_total == {"t20": 2}
+    assert shed_metric() == {"t20": 2.0, "t100": 0.0}
+    pool.set_tiers([tiers[0], TIERS[1], tiers[1]])  # a new ledger continues the counters
+    assert pool.shed_total == {"t20": 2} and pool.arrivals_total == {"t20": 2}
+    assert shed_metric() == {"t20": 2.0, "t50": 0.0, "t100": 0.0}
 
 
 def test_fleet_spec_rejects_inconsistent_snapshots() -> None:
