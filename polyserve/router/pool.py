@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from polyserve.policy import OutputLengthEstimator, make_policy
-from polyserve.policy.base import FleetView, PendingRequest, Placement, Policy, ServerView
+from polyserve.policy import make_policy
+from polyserve.policy.base import FleetView, PendingRequest, Placement, ServerView
 from polyserve.policy.dispatch import TierQueues
 from polyserve.policy.ledger import Ledger
 from polyserve.profile import Profile, load_profile
@@ -83,20 +83,12 @@ class ModelPool:
         return self.ledger.tiers
 
     @property
-    def policy(self) -> Policy:
-        return self.ledger.policy
-
-    @property
     def fleet(self) -> FleetView:
         return self.ledger.fleet
 
     @property
     def queues(self) -> TierQueues[Ticket]:
         return self.ledger.queues
-
-    @property
-    def estimator(self) -> OutputLengthEstimator:
-        return self.ledger.estimator
 
     @property
     def arrivals_total(self) -> dict[str, int]:
