@@ -1,8 +1,9 @@
 """The router's Prometheus metrics (prefix ``polyserve_router_``).
 
-Events (requests, SLO verdicts, latencies, promotions, retries) are counters and histograms updated
-as they happen. State (queues, backend load, drain candidates) is read from the pools when
-Prometheus scrapes, so a gauge can never go stale or outlive its backend.
+Events (requests, latencies, promotions, retries) are counters and histograms updated as they
+happen. State (queues, backend load, drain candidates) is read from the pools when Prometheus
+scrapes, so a gauge can never go stale or outlive its backend; so are the counts the pool keeps
+for the router's state too (shed, SLO measured and attained), so the two can never disagree.
 
 The names the autoscaler's Prometheus source reads are those of ``polyserve.autoscale.signals``
 (``METRICS``): pending, oldest pending wait, requests, shed, and per backend ready, draining,
@@ -67,6 +68,9 @@ class _StateCollector(Collector):
         def family(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
             return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
 
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(PREFIX + name, doc, labels=["model", "tier"])
+
         pending = family("pending_requests", "Requests queued in the router.", ["model", "tier"])
         oldest = family(
             "oldest_wait_seconds", "Wait of the oldest queued request.", ["model", "tier"]
@@ -80,19 +84,23 @@ class _StateCollector(Collector):
         up = family("backend_ready", "1 if the backend is healthy.", blabels)
         draining = family("backend_draining", "1 if the backend takes no new requests.", blabels)
         idle = family("backend_idle_seconds", "Seconds the backend has held no request.", blabels)
-        # the pool's own count (the state's shed_total too), so the two can never disagree
-        shed = CounterMetricFamily(
-            PREFIX + "shed",
-            "Requests refused because their deadline could not be met.",
-            labels=["model", "tier"],
-        )
+        # the pool's own counts (the state's too), so the two can never disagree
+        shed = counter("shed", "Requests refused because their deadline could not be met.")
+        measured = counter("slo_measured", "Requests judged by their SLO.")
+        attained = counter("slo_attained", "Requests that met every deadline.")
         for pool in self._pools():
             for i, spec in enumerate(pool.tier_specs):
                 pending.add_metric([pool.model, spec.name], pool.queues.lengths()[i])
                 oldest.add_metric([pool.model, spec.name], pool.oldest_wait_s(i, now))
-            shed_total = pool.shed_total
-            for name in dict.fromkeys([*(s.name for s in pool.tier_specs), *shed_total]):
-                shed.add_metric([pool.model, name], shed_total.get(name, 0))
+            tiers = [s.name for s in pool.tier_specs]
+            for count, counts in (
+                (shed, pool.shed_total),
+                (measured, pool.measured_total),
+                (attained, pool.attained_total),
+            ):
+                # every tier served (0 until it counts one), and any since removed that counted
+                for name in dict.fromkeys([*tiers, *counts]):
+                    count.add_metric([pool.model, name], counts.get(name, 0))
             for b in pool.backends.values():
                 lab = [pool.model, b.name, b.spec.tier or ""]
                 residents.add_metric(lab, b.view.residents)
@@ -101,7 +109,8 @@ class _StateCollector(Collector):
                 up.add_metric(lab, 1.0 if b.view.healthy else 0.0)
                 draining.add_metric(lab, 1.0 if b.view.draining else 0.0)
                 idle.add_metric(lab, pool.idle_s(b, now))
-        yield from (pending, oldest, residents, foreign, kv, up, draining, idle, shed)
+        yield from (pending, oldest, residents, foreign, kv, up, draining, idle)
+        yield from (shed, measured, attained)
 
 
 class RouterMetrics:
@@ -113,12 +122,6 @@ class RouterMetrics:
         tier = ["model", "tier"]
         self.requests = Counter(
             PREFIX + "requests", "Requests by final outcome.", [*tier, "outcome"], registry=r
-        )
-        self.slo_measured = Counter(
-            PREFIX + "slo_measured", "Requests judged by their SLO.", tier, registry=r
-        )
-        self.slo_attained = Counter(
-            PREFIX + "slo_attained", "Requests that met every deadline.", tier, registry=r
         )
         self.ttft = Histogram(
             PREFIX + "ttft_seconds", "Time to first token at the router.", tier,

@@ -265,7 +265,8 @@ class ModelPool:
         self._forget_if_done(b)
 
     def judged(self, tier: str, attained: bool) -> None:
-        """Count an ended request of ``tier`` against its SLO (the state's attainment counters)."""
+        """Count an ended request of ``tier`` against its SLO: the one count (the state's
+        attainment counters and ``polyserve_router_slo_{measured,attained}_total`` read it)."""
         self.measured_total[tier] = self.measured_total.get(tier, 0) + 1
         if attained:
             self.attained_total[tier] = self.attained_total.get(tier, 0) + 1

@@ -233,8 +233,5 @@ def _judge_stream(a: Attempt, times: list[float]) -> None:
 
 
 def _judge(a: Attempt, attained: bool) -> None:
-    labels = (a.pool.model, a.ticket.tier.name)
+    # the pool's count is the one count: the state and the Prometheus counters read it
     a.pool.judged(a.ticket.tier.name, attained)
-    a.upstream.metrics.slo_measured.labels(*labels).inc()
-    if attained:
-        a.upstream.metrics.slo_attained.labels(*labels).inc()

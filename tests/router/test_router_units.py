@@ -276,6 +276,26 @@ def test_shed_is_counted_once_and_outlives_a_tier_change() -> None:
     assert shed_metric() == {"t20": 2.0, "t50": 0.0, "t100": 0.0}
 
 
+def test_slo_counters_are_the_pools_counts_and_outlive_a_tier_change() -> None:
+    pool = ModelPool(M, TIERS, "polyserve")
+    metrics = RouterMetrics(lambda: [pool], lambda: 0.0)
+
+    def counted(name: str) -> dict[str, float]:
+        family = next(m for m in metrics.registry.collect() if m.name == name)
+        return {s.labels["tier"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+    for tier, attained in (("t20", True), ("t20", False), ("t100", True)):
+        pool.judged(tier, attained)
+    # the state's counters and the Prometheus ones are the same counts; a tier yet to count shows 0
+    assert pool.measured_total == {"t20": 2, "t100": 1}
+    assert pool.attained_total == {"t20": 1, "t100": 1}
+    assert counted("polyserve_router_slo_measured") == {"t20": 2.0, "t50": 0.0, "t100": 1.0}
+    assert counted("polyserve_router_slo_attained") == {"t20": 1.0, "t50": 0.0, "t100": 1.0}
+    pool.set_tiers([TIERS[0], TIERS[1]])  # t100 removed: what it counted is still counted
+    assert counted("polyserve_router_slo_measured") == {"t20": 2.0, "t50": 0.0, "t100": 1.0}
+    assert counted("polyserve_router_slo_attained") == {"t20": 1.0, "t50": 0.0, "t100": 1.0}
+
+
 def test_fleet_spec_rejects_inconsistent_snapshots() -> None:
     with pytest.raises(ValueError, match="unknown tier"):
         FleetSpec(tiers=TIERS, backends=backends("t30"))
