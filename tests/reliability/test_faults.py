@@ -147,7 +147,7 @@ def test_engines_with_garbage_or_hanging_metrics(
     r = start_router(fleet)  # scrapes every 0.1 s, each bounded by the interval
 
     def scraped(name: str) -> float:
-        return r.call(lambda rt: rt._scraped_at.get((MODEL, name), -1.0))
+        return r.call(lambda rt: rt.probes.scraped_at.get((MODEL, name), -1.0))
 
     # the scrape loop goes round: the good engine's page keeps being read despite the hang
     wait_until(lambda: scraped("ok") > 0, 5.0, "a first scrape")

@@ -119,7 +119,7 @@ def accounting(r: RouterThread) -> dict[str, float]:
             "tpot_counts": sum(sum(v.tpot_counts.values()) for v in views),
             "expected": round(sum(v.expected_tokens for v in views), 6),
             "queued": sum(len(p.queues) for p in router.all_pools()),
-            "waiting": len(router._waiters),
+            "waiting": router.dispatcher.waiting,
         }
 
     return r.call(read)
