@@ -75,6 +75,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object: strict UTF-8, no NaN or Infinity, no lone surrogates."""
     try:
         # strict UTF-8: json.loads(bytes) would let UTF-8-encoded surrogates through
         body = json.loads(raw.decode(), parse_constant=_not_json)
@@ -119,6 +120,7 @@ def checked_max_tokens(parsed: proto.SamplingFields) -> int | None:
 
 
 def prompt_tokens(parsed: BaseModel) -> int:
+    """The prompt's length in tokens (what placement sizes the prefill by)."""
     if isinstance(parsed, proto.ChatCompletionRequest):
         return tokenizer.chat_prompt_tokens(parsed.message_texts(), parsed.add_generation_prompt)
     assert isinstance(parsed, proto.CompletionRequest)
