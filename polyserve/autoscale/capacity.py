@@ -16,7 +16,8 @@ from polyserve.sim.workload import shapes_for
 
 
 @cache
-def _typical_lengths() -> tuple[np.ndarray, np.ndarray]:
+def typical_lengths() -> tuple[np.ndarray, np.ndarray]:
+    """Prompt and output lengths of the typical mix (the Azure conversation trace)."""
     shapes = shapes_for("azure-conv", None, 0)
     return (
         np.array([s.prompt_tokens for s in shapes]),
@@ -31,6 +32,6 @@ def typical_capacity_rps(profile: Profile, tpot_ms: float) -> float:
     """Requests/s one server sustains at the TPOT, computed once per profile and TPOT."""
     key = (profile.name, tpot_ms)
     if key not in _CAPACITY:
-        prompts, outputs = _typical_lengths()
+        prompts, outputs = typical_lengths()
         _CAPACITY[key] = tier_capacity(profile, tpot_ms, prompts, outputs)
     return _CAPACITY[key]
