@@ -97,7 +97,7 @@ def test_long_prefill_threshold_follows_the_ttft() -> None:
     half_in_blocks = long.max_num_batched_tokens // 2 // PROFILE.block_size * PROFILE.block_size
     assert long.long_prefill_token_threshold == half_in_blocks
     assert FLAG_LONG_PREFILL not in short.vllm_args()
-    assert long.vllm_args()[-4:-2] == [FLAG_LONG_PREFILL, str(long.long_prefill_token_threshold)]
+    assert long.vllm_args()[-2:] == [FLAG_LONG_PREFILL, str(long.long_prefill_token_threshold)]
 
 
 def test_shared_servers_schedule_by_priority() -> None:
