@@ -57,6 +57,25 @@ OUTCOMES = (
 )
 
 
+class _Series:
+    """One family's samples by label values. A model removed and served again has a retired pool
+    next to the new one, both with its name: their samples are combined (``sum`` for counts,
+    ``max`` for 0/1 flags and waits), since an exposition may hold each label set only once."""
+
+    def __init__(self, family: GaugeMetricFamily | CounterMetricFamily, combine: str) -> None:
+        self.family = family
+        self._combine = sum if combine == "sum" else max
+        self._values: dict[tuple[str, ...], list[float]] = {}
+
+    def add(self, labels: list[str], value: float) -> None:
+        self._values.setdefault(tuple(labels), []).append(value)
+
+    def metric(self) -> Metric:
+        for labels, values in self._values.items():
+            self.family.add_metric(list(labels), self._combine(values))
+        return self.family
+
+
 class _StateCollector(Collector):
     def __init__(self, pools: Callable[[], Iterable[ModelPool]], clock: Callable[[], float]):
         self._pools = pools
@@ -65,33 +84,38 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
 
-        def family(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
-            return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+        def gauge(name: str, doc: str, labels: list[str], combine: str = "sum") -> _Series:
+            return _Series(GaugeMetricFamily(PREFIX + name, doc, labels=labels), combine)
 
-        def counter(name: str, doc: str) -> CounterMetricFamily:
-            return CounterMetricFamily(PREFIX + name, doc, labels=["model", "tier"])
+        def counter(name: str, doc: str) -> _Series:
+            return _Series(CounterMetricFamily(PREFIX + name, doc, labels=["model", "tier"]), "sum")
 
-        pending = family("pending_requests", "Requests queued in the router.", ["model", "tier"])
-        oldest = family(
-            "oldest_wait_seconds", "Wait of the oldest queued request.", ["model", "tier"]
+        tlabels = ["model", "tier"]
+        pending = gauge("pending_requests", "Requests queued in the router.", tlabels)
+        oldest = gauge(
+            "oldest_pending_seconds", "Wait of the oldest queued request.", tlabels, "max"
         )
         blabels = ["model", "backend", "tier"]
-        residents = family("backend_requests", "Requests on the backend, all sources.", blabels)
-        foreign = family(
+        residents = gauge("backend_requests", "Requests on the backend, all sources.", blabels)
+        foreign = gauge(
             "backend_foreign_requests", "Requests on the backend from elsewhere.", blabels
         )
-        kv = family("backend_kv_tokens", "KV tokens the backend holds (accounted).", blabels)
-        up = family("backend_ready", "1 if the backend is healthy.", blabels)
-        draining = family("backend_draining", "1 if the backend takes no new requests.", blabels)
-        idle = family("backend_idle_seconds", "Seconds the backend has held no request.", blabels)
+        kv = gauge("backend_kv_tokens", "KV tokens the backend holds (accounted).", blabels)
+        up = gauge("backend_ready", "1 if the backend is healthy.", blabels, "max")
+        draining = gauge(
+            "backend_draining", "1 if the backend takes no new requests.", blabels, "max"
+        )
+        idle = gauge(
+            "backend_idle_seconds", "Seconds the backend has held no request.", blabels, "max"
+        )
         # the pool's own counts (the state's too), so the two can never disagree
         shed = counter("shed", "Requests refused because their deadline could not be met.")
         measured = counter("slo_measured", "Requests judged by their SLO.")
         attained = counter("slo_attained", "Requests that met every deadline.")
         for pool in self._pools():
             for i, spec in enumerate(pool.tier_specs):
-                pending.add_metric([pool.model, spec.name], pool.queues.lengths()[i])
-                oldest.add_metric([pool.model, spec.name], pool.oldest_wait_s(i, now))
+                pending.add([pool.model, spec.name], pool.queues.lengths()[i])
+                oldest.add([pool.model, spec.name], pool.oldest_wait_s(i, now))
             tiers = [s.name for s in pool.tier_specs]
             for count, counts in (
                 (shed, pool.shed_total),
@@ -100,17 +124,19 @@ class _StateCollector(Collector):
             ):
                 # every tier served (0 until it counts one), and any since removed that counted
                 for name in dict.fromkeys([*tiers, *counts]):
-                    count.add_metric([pool.model, name], counts.get(name, 0))
+                    count.add([pool.model, name], counts.get(name, 0))
             for b in pool.backends.values():
                 lab = [pool.model, b.name, b.spec.tier or ""]
-                residents.add_metric(lab, b.view.residents)
-                foreign.add_metric(lab, b.view.foreign_requests)
-                kv.add_metric(lab, b.view.kv_tokens)
-                up.add_metric(lab, 1.0 if b.view.healthy else 0.0)
-                draining.add_metric(lab, 1.0 if b.view.draining else 0.0)
-                idle.add_metric(lab, pool.idle_s(b, now))
-        yield from (pending, oldest, residents, foreign, kv, up, draining, idle)
-        yield from (shed, measured, attained)
+                residents.add(lab, b.view.residents)
+                foreign.add(lab, b.view.foreign_requests)
+                kv.add(lab, b.view.kv_tokens)
+                up.add(lab, 1.0 if b.view.healthy else 0.0)
+                draining.add(lab, 1.0 if b.view.draining else 0.0)
+                idle.add(lab, pool.idle_s(b, now))
+        for series in (pending, oldest, residents, foreign, kv, up, draining, idle):
+            yield series.metric()
+        for series in (shed, measured, attained):
+            yield series.metric()
 
 
 class RouterMetrics:

@@ -296,6 +296,43 @@ def test_slo_counters_are_the_pools_counts_and_outlive_a_tier_change() -> None:
     assert counted("polyserve_router_slo_attained") == {"t20": 1.0, "t50": 0.0, "t100": 1.0}
 
 
+def test_every_metric_the_autoscaler_queries_is_exported() -> None:
+    """The Prometheus source's names (``signals.METRICS``) are the router's, with their labels."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from polyserve.autoscale.signals import METRICS
+
+    pool = ModelPool(M, TIERS, "polyserve")
+    pool.set_backends(backends("t20"), 0.0)
+    metrics = RouterMetrics(lambda: [pool], lambda: 0.0)
+    metrics.requests.labels(M, "t20", "ok").inc()  # an event counter shows once it counts
+    exposed = {
+        s.name: s.labels
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in family.samples
+    }
+    for name, doc in METRICS.items():
+        assert name in exposed, name
+        wanted = doc[doc.index("[") + 1 : doc.index("]")].split(", ")
+        assert set(wanted) <= set(exposed[name]), (name, exposed[name])
+
+
+def test_a_model_served_again_beside_its_retired_pool_is_exposed_once() -> None:
+    """A retired pool (its model removed, requests still running) and the new pool of the same
+    model: one sample per label set (Prometheus refuses a page with duplicates), counts summed."""
+    from prometheus_client import generate_latest
+
+    old, new = ModelPool(M, TIERS, "polyserve"), ModelPool(M, TIERS, "polyserve")
+    for pool in (old, new):
+        pool.set_backends(backends("t20"), 0.0)
+        pool.judged("t20", True)
+    page = generate_latest(RouterMetrics(lambda: [new, old], lambda: 0.0).registry).decode()
+    samples = [line.rsplit(" ", 1)[0] for line in page.splitlines() if not line.startswith("#")]
+    assert len(samples) == len(set(samples))
+    assert f'polyserve_router_slo_measured_total{{model="{M}",tier="t20"}} 2.0' in page
+
+
 def test_fleet_spec_rejects_inconsistent_snapshots() -> None:
     with pytest.raises(ValueError, match="unknown tier"):
         FleetSpec(tiers=TIERS, backends=backends("t30"))
