@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -23,8 +24,15 @@ def mock_engine(
     profile: Annotated[
         str, typer.Option(help="Shipped profile name or profile file.")
     ] = DEFAULT_PROFILE,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="vLLM's --model: names the served model when --served-model-name is absent (no weights: the timing is --profile's)."
+        ),
+    ] = None,
     served_model_name: Annotated[
-        str | None, typer.Option(help="Model name in the API (default: the profile's model).")
+        str | None,
+        typer.Option(help="Model name in the API (default: --model, else the profile's model)."),
     ] = None,
     max_model_len: Annotated[int | None, typer.Option(help="Context length.")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="Running-request cap.")] = None,
@@ -38,6 +46,13 @@ def mock_engine(
     kv_cache_tokens: Annotated[
         int | None, typer.Option(help="KV-cache capacity in tokens (overrides the profile).")
     ] = None,
+    enable_chunked_prefill: Annotated[
+        bool,
+        typer.Option(
+            "--enable-chunked-prefill/--no-enable-chunked-prefill",
+            help="vLLM's flag; vLLM V1 and the engine model always chunk (only on is accepted).",
+        ),
+    ] = True,
     chunk_budget_ms: Annotated[
         float,
         typer.Option(
@@ -73,28 +88,9 @@ def mock_engine(
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """A vLLM-compatible CPU mock engine: vLLM's API and metrics, timed by the engine model."""
+    options = dict(locals())  # every parameter above: the settings' fields, and log_level
     try:
-        settings = MockEngineSettings(
-            host=host,
-            port=port,
-            replicas=replicas,
-            profile=profile,
-            served_model_name=served_model_name,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            long_prefill_token_threshold=long_prefill_token_threshold,
-            scheduling_policy=scheduling_policy,
-            kv_cache_tokens=kv_cache_tokens,
-            chunk_budget_ms=chunk_budget_ms,
-            startup_delay=startup_delay,
-            crash_after_requests=crash_after_requests,
-            crash_at=crash_at,
-            slowdown=slowdown,
-            refuse_connections=refuse_connections,
-            metrics_garbage=metrics_garbage,
-            metrics_hang=metrics_hang,
-        )
+        settings = settings_from_options(options)
     except ValidationError as exc:
         invalid_options(exc)
     setup_logging(log_level)
@@ -105,6 +101,20 @@ def mock_engine(
     except (ProfileError, ValueError, OSError) as exc:
         fail(str(exc))
     raise typer.Exit(code)
+
+
+def settings_from_options(options: dict[str, Any]) -> MockEngineSettings:
+    """The settings from the command's options (all of them but ``log_level``)."""
+    return MockEngineSettings(**{k: v for k, v in options.items() if k != "log_level"})
+
+
+def parse_args(argv: Sequence[str]) -> MockEngineSettings:
+    """The settings ``polyserve mock-engine ARGV`` runs with, parsed as the command line is
+    (raises click's UsageError for an unknown flag, ValidationError for a refused value)."""
+    app = typer.Typer()
+    app.command()(mock_engine)
+    ctx = typer.main.get_command(app).make_context("mock-engine", list(argv))
+    return settings_from_options(ctx.params)
 
 
 async def _main(settings: MockEngineSettings) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,6 +22,9 @@ class MockEngineSettings(BaseModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000  # 0: each engine picks a free port
     replicas: Annotated[int, Field(ge=1, le=1000)] = 1
     profile: str = DEFAULT_PROFILE
+    #: vLLM's ``--model``: the mock has no weights (its timing is ``profile``); it names the
+    #: served model when ``served_model_name`` is absent, as in vLLM
+    model: str | None = None
     served_model_name: str | None = None
     max_model_len: PosInt | None = None
     max_num_seqs: PosInt | None = None
@@ -29,6 +32,8 @@ class MockEngineSettings(BaseModel):
     long_prefill_token_threshold: Annotated[int, Field(ge=0)] | None = None
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     kv_cache_tokens: PosInt | None = None
+    #: vLLM V1 always chunks prefills, and so does the engine model: only ``True`` is accepted
+    enable_chunked_prefill: bool = True
     #: PolyServe's dynamic chunking (an engine extension; 0: stock vLLM's static token budget):
     #: prefill chunks are cut so that a step with decodes stays within this many ms
     chunk_budget_ms: NonNegFloat = 0.0
@@ -42,6 +47,22 @@ class MockEngineSettings(BaseModel):
     metrics_garbage: bool = False
     #: ``/metrics`` sends its headers and part of the page, then never finishes
     metrics_hang: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_names_the_served_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("served_model_name") is None and data.get("model"):
+            return {**data, "served_model_name": data["model"]}
+        return data
+
+    @model_validator(mode="after")
+    def _chunked_prefill(self) -> MockEngineSettings:
+        if not self.enable_chunked_prefill:
+            raise ValueError(
+                "--no-enable-chunked-prefill is not modelled: the engine model always chunks "
+                "prefills (vLLM V1's default), so the mock would not time what it claims"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ports_fit(self) -> MockEngineSettings:

@@ -134,7 +134,7 @@ class EngineSpec(_Api):
     command: list[str] = Field(default_factory=list)
     """The container's entrypoint; empty: the image's (vllm/vllm-openai: the API server)."""
     args: list[str] = Field(default_factory=list)
-    """Engine arguments; the operator appends ``--port`` and ``--served-model-name`` if absent."""
+    """Engine arguments. The operator appends the flags it derives for the tier from the profile, TPOT and TTFT (``--max-num-batched-tokens``, ``--max-num-seqs``, ``--max-model-len``, ``--enable-chunked-prefill``, ``--long-prefill-token-threshold``, ``--scheduling-policy``: ``status.engineArgs`` shows them, ``status.engineReasons`` why), then ``--port`` and ``--served-model-name``. The user's flags win, flag by flag: a flag set here (``--flag value``, ``--flag=value``, ``--flag_name``, or ``--no-flag`` for a boolean) is not appended."""
     env: list[EnvVar] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -272,6 +272,10 @@ class SLOTierStatus(_Api):
     """Pods being drained for a scale-down."""
     attainment: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
     """The fraction of the tier's recent requests that met their SLO, as the router sees it."""
+    engine_args: list[str] = Field(default_factory=list)
+    """The engine container's arguments as the operator renders them: ``engine.args``, then the derived flags the user did not set, then ``--port`` and ``--served-model-name`` if absent."""
+    engine_reasons: dict[str, str] = Field(default_factory=dict)
+    """Why each derived flag the operator appended has its value (flag -> one line)."""
 
 
 class SLOTier(_Api):

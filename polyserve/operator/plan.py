@@ -222,6 +222,8 @@ class StatusInput:
     attainment: float | None = None
     last_scaling: ScalingRecord | None = None
     conditions: list[Condition] = field(default_factory=list)
+    engine_args: tuple[str, ...] = ()
+    engine_reasons: dict[str, str] = field(default_factory=dict)
 
 
 def build_status(s: StatusInput, now: str) -> SLOTierStatus:
@@ -302,4 +304,6 @@ def build_status(s: StatusInput, now: str) -> SLOTierStatus:
         last_scaling=s.last_scaling,
         draining=list(s.draining),
         attainment=s.attainment,
+        engine_args=list(s.engine_args),
+        engine_reasons=dict(s.engine_reasons),
     )

@@ -53,6 +53,7 @@ from polyserve.operator.views import (
     TierObservation,
 )
 from polyserve.profile import Profile
+from polyserve.tier_engine import TierEngine
 from polyserve.wire.vllm_metrics import parse_engine_load
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,9 @@ class Reconciler:
             await self._write_status(tier, old, status, problem)
             return status
 
+        derived = r.tier_engine(spec, profile)
+        base.engine_args = tuple(r.engine_args(spec, derived))
+        base.engine_reasons = r.derived_reasons(spec, derived)
         current = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
         pod_list = await self._io(self.kube.list_pods, namespace, r.tier_selector(name))
         pods = tuple(PodView.from_pod(p) for p in pod_list.get("items", []))
@@ -198,7 +202,7 @@ class Reconciler:
             spec.drain_timeout_seconds,
             decision.drain_first if decision and spec.autoscaling.enabled else (),
         )
-        await self._apply(name, namespace, uid, spec, deployment, plan.replicas)
+        await self._apply(name, namespace, uid, spec, derived, deployment, plan.replicas)
         for pod in plan.mark:
             await self._io(
                 self.kube.patch_pod_annotations,
@@ -248,6 +252,7 @@ class Reconciler:
         namespace: str,
         uid: str,
         spec: SLOTierSpec,
+        derived: TierEngine,
         deployment: Obj | None,
         replicas: int,
     ) -> None:
@@ -260,8 +265,8 @@ class Reconciler:
             service["metadata"]["annotations"] = {r.ANNOTATION_APPLIED: svc_digest}
             await self._io(self.kube.apply, service)
 
-        body = r.desired_deployment(name, namespace, uid, spec, replicas)
-        without_replicas = r.desired_deployment(name, namespace, uid, spec, 0)
+        body = r.desired_deployment(name, namespace, uid, spec, replicas, derived)
+        without_replicas = r.desired_deployment(name, namespace, uid, spec, 0, derived)
         dep_digest = r.digest(without_replicas)
         current_digest = (
             ((deployment or {}).get("metadata") or {})

@@ -21,6 +21,8 @@ import re
 from typing import Any
 
 from polyserve.operator.model import API_VERSION, KIND, EngineSpec, SLOTierSpec
+from polyserve.profile import Profile
+from polyserve.tier_engine import TierEngine, derive_tier_engine
 
 LABEL_TIER = "polyserve.io/tier"
 LABEL_MODEL = "polyserve.io/model"
@@ -96,15 +98,32 @@ def _has_flag(args: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
-def engine_args(spec: SLOTierSpec) -> list[str]:
-    """The engine's arguments: the user's, plus ``--port`` and ``--served-model-name`` if absent
-    (the Service, probe and router need the port; the router asks for the tier's model name)."""
-    args = list(spec.engine.args)
+#: Every tier's servers may take looser tiers' requests (the router's lazy promotion), so every
+#: tier's engines schedule by priority unless the user's ``engine.args`` say otherwise.
+SHARED_SERVERS = True
+
+
+def tier_engine(spec: SLOTierSpec, profile: Profile) -> TierEngine:
+    """The engine flags the operator derives for the tier (``polyserve.tier_engine``)."""
+    return derive_tier_engine(profile, spec.tpot_ms, spec.ttft_ms, shared=SHARED_SERVERS)
+
+
+def engine_args(spec: SLOTierSpec, derived: TierEngine) -> list[str]:
+    """The engine's arguments: the user's, then each derived flag the user did not set (the
+    user's win flag by flag), then ``--port`` and ``--served-model-name`` if absent (the Service,
+    probe and router need the port; the router asks for the tier's model name)."""
+    args = derived.args_after(spec.engine.args)
     if not _has_flag(args, "--port"):
         args += ["--port", str(spec.engine.port)]
     if not _has_flag(args, "--served-model-name"):
         args += ["--served-model-name", spec.model]
     return args
+
+
+def derived_reasons(spec: SLOTierSpec, derived: TierEngine) -> dict[str, str]:
+    """Why each derived flag that :func:`engine_args` appended has its value (status)."""
+    added = set(engine_args(spec, derived)[len(spec.engine.args) :])
+    return {flag: why for flag, why in derived.reasons.items() if flag in added}
 
 
 def uses_priority_scheduling(args: list[str]) -> bool:
@@ -117,12 +136,12 @@ def uses_priority_scheduling(args: list[str]) -> bool:
     return False
 
 
-def _container(spec: SLOTierSpec) -> dict[str, Any]:
+def _container(spec: SLOTierSpec, derived: TierEngine) -> dict[str, Any]:
     engine: EngineSpec = spec.engine
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
         "image": engine.image,
-        "args": engine_args(spec),
+        "args": engine_args(spec, derived),
         "ports": [{"name": PORT_NAME, "containerPort": engine.port, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/health", "port": PORT_NAME},
@@ -148,9 +167,9 @@ def _container(spec: SLOTierSpec) -> dict[str, Any]:
     return container
 
 
-def pod_template(name: str, spec: SLOTierSpec) -> dict[str, Any]:
+def pod_template(name: str, spec: SLOTierSpec, derived: TierEngine) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
-        "containers": [_container(spec)],
+        "containers": [_container(spec, derived)],
         "terminationGracePeriodSeconds": spec.engine.termination_grace_period_seconds,
         "automountServiceAccountToken": False,  # engines never talk to the API
         "enableServiceLinks": False,
@@ -183,9 +202,10 @@ def _owned_metadata(name: str, namespace: str, uid: str, spec: SLOTierSpec) -> d
 
 
 def desired_deployment(
-    name: str, namespace: str, uid: str, spec: SLOTierSpec, replicas: int
+    name: str, namespace: str, uid: str, spec: SLOTierSpec, replicas: int, derived: TierEngine
 ) -> dict[str, Any]:
-    """The tier's Deployment with ``replicas`` (the server-side-apply body the operator owns)."""
+    """The tier's Deployment with ``replicas`` (the server-side-apply body the operator owns);
+    ``derived``: the tier's engine flags (:func:`tier_engine`)."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -198,7 +218,7 @@ def desired_deployment(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-            "template": pod_template(name, spec),
+            "template": pod_template(name, spec, derived),
         },
     }
 

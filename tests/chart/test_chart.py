@@ -20,7 +20,8 @@ import yaml
 
 from polyserve.operator.crd import crd_manifest, crd_yaml
 from polyserve.operator.model import SLOTier
-from polyserve.operator.resources import desired_deployment, desired_service
+from polyserve.operator.resources import desired_deployment, desired_service, tier_engine
+from polyserve.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "polyserve"
@@ -109,7 +110,9 @@ def test_operator_objects_are_valid_kubernetes(tmp_path: Path) -> None:
     for doc in yaml.safe_load_all(EXAMPLES.read_text()):
         tier = SLOTier.model_validate(doc)
         name = doc["metadata"]["name"]
-        docs.append(desired_deployment(name, "llm", "uid-1", tier.spec, 2))
+        assert tier.spec.profile.name is not None
+        derived = tier_engine(tier.spec, load_profile(tier.spec.profile.name))
+        docs.append(desired_deployment(name, "llm", "uid-1", tier.spec, 2, derived))
         docs.append(desired_service(name, "llm", "uid-1", tier.spec))
     path = tmp_path / "operator.yaml"
     path.write_text(yaml.safe_dump_all(docs))

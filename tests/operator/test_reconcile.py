@@ -132,7 +132,8 @@ def test_conditions_keep_their_transition_time() -> None:
 
 def test_desired_objects() -> None:
     s = spec(model="meta-llama/Llama-3.1-8B", engine={"preStopSleepSeconds": 3})
-    dep = r.desired_deployment("chat", "ns", "u", s, 2)
+    derived = r.tier_engine(s, load_profile("llama-3.1-8b-h100"))
+    dep = r.desired_deployment("chat", "ns", "u", s, 2, derived)
     assert dep["spec"]["selector"]["matchLabels"] == r.selector_labels("chat")
     meta = dep["spec"]["template"]["metadata"]
     assert meta["labels"][r.LABEL_MODEL] == "meta-llama.Llama-3.1-8B"
