@@ -27,6 +27,7 @@ from polyserve.profile import (
 )
 from polyserve.router.cli import router
 from polyserve.slo import PAPER_TIERS, SLOError
+from polyserve.tier_engine import derive_tier_engine
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="PolyServe: multi-SLO LLM serving."
@@ -71,8 +72,20 @@ def profile_list() -> None:
 @user_errors
 def profile_show(
     name: Annotated[str, typer.Argument(help="A shipped profile name or a profile file.")],
+    tpot: Annotated[
+        list[float] | None,
+        typer.Option(min=1.0, help="A tier's TPOT in ms (repeat; default: the paper's tiers)."),
+    ] = None,
+    ttft: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="The tiers' TTFT in ms (default: the paper's tiers')."),
+    ] = None,
+    shared: Annotated[
+        bool, typer.Option(help="Tiers share servers (priority scheduling), as the operator's.")
+    ] = True,
 ) -> None:
-    """Predicted step times and the largest decode batch that meets each TPOT tier."""
+    """Predicted step times, the largest decode batch that meets each TPOT tier, and the engine
+    flags derived for each tier (``polyserve.tier_engine``) with the reasons."""
     prof = load_profile(name)
     console.print(
         f"[bold]{prof.name}[/bold]: {prof.model} on {prof.gpu}, TP{prof.tensor_parallel}; "
@@ -106,6 +119,18 @@ def profile_show(
             f"{ctx}", *(str(prof.max_decode_batch(t.tpot_ms, ctx)) for t in PAPER_TIERS.tiers)
         )
     console.print(cap)
+    paper_ttft = {t.tpot_ms: t.ttft_ms for t in PAPER_TIERS.tiers}
+    for tpot_ms in tpot or list(paper_ttft):
+        ttft_ms = (
+            ttft if ttft is not None else paper_ttft.get(tpot_ms, PAPER_TIERS.tiers[0].ttft_ms)
+        )
+        derived = derive_tier_engine(prof, tpot_ms, ttft_ms, shared=shared)
+        console.print(
+            f"[bold]TPOT {tpot_ms:g} ms, TTFT {ttft_ms:g} ms:[/bold] {' '.join(derived.vllm_args())}",
+            highlight=False,
+        )
+        for flag, why in derived.reasons.items():
+            console.print(f"  {flag} {why}", highlight=False, soft_wrap=True)
     if prof.provenance:
         console.print(f"[dim]{prof.provenance.strip().splitlines()[0]}[/dim]", highlight=False)
 

@@ -20,9 +20,9 @@ autoscalers size servers by (``autoscale.capacity``: the Azure conversation trac
 * ``--enable-chunked-prefill``: always (vLLM V1 always chunks; the engine model does too);
 * ``--long-prefill-token-threshold``: half the budget (whole blocks) when the TTFT is long enough
   that the typical long prompt (90th percentile of the typical lengths), prefilled half a budget a
-  step, still gets its first token within the TTFT (one step per TPOT). Then one long prompt
-  cannot hold a whole step, and a short prompt behind it starts in the next step; otherwise off,
-  since a long prompt needs the whole budget to meet its TTFT;
+  step at one step per TPOT, takes at most half the TTFT (the other half is left for queueing).
+  Then one long prompt cannot hold a whole step, and a short prompt behind it starts in the next
+  step; otherwise off, since a long prompt needs the whole budget to meet its TTFT;
 * ``--max-model-len``: the profile's;
 * ``--scheduling-policy priority`` where tiers share servers (``shared``: the router's lazy
   promotion puts looser tiers' requests on this tier's servers, and forwards their tier as vLLM's
@@ -211,18 +211,18 @@ def derive_tier_engine(
     half = _blocks(budget // 2, block)
     long_prompt = int(np.percentile(prompts, LONG_PROMPT_PERCENTILE))
     steps = math.ceil(long_prompt / half) if half else 0
-    if half and steps * tpot_ms <= ttft_ms:
+    if half and steps * tpot_ms <= ttft_ms / 2:
         threshold = half
         reasons[FLAG_LONG_PREFILL] = (
             f"{half}: half the budget, so no one prompt holds a whole step; a {long_prompt}-token "
             f"prompt (p{LONG_PROMPT_PERCENTILE:g}) still prefills in {steps} step(s) "
-            f"({steps * tpot_ms:g} ms <= TTFT {ttft_ms:g} ms)"
+            f"({steps * tpot_ms:g} ms, at most half the TTFT {ttft_ms:g} ms)"
         )
     else:
         threshold = 0
         reasons[FLAG_LONG_PREFILL] = (
             f"off: a {long_prompt}-token prompt (p{LONG_PROMPT_PERCENTILE:g}) needs the whole "
-            f"budget to prefill within TTFT {ttft_ms:g} ms"
+            f"budget to prefill within half the TTFT {ttft_ms:g} ms"
         )
 
     policy: SchedulingPolicy = "priority" if shared else "fcfs"

@@ -109,7 +109,7 @@ def test_shared_servers_schedule_by_priority() -> None:
 
 
 def test_vllm_args_and_engine_config_say_the_same() -> None:
-    e = derive_tier_engine(PROFILE, 30.0, 500.0, shared=True)
+    e = derive_tier_engine(PROFILE, 50.0, 1000.0, shared=True)
     args = e.vllm_args()
     value = {args[i]: args[i + 1] for i in range(len(args) - 1) if not args[i + 1].startswith("-")}
     cfg = e.engine_config(PROFILE)
@@ -156,3 +156,19 @@ def test_any_tpot_gives_a_valid_engine_whose_budget_fits(tpot: float, ttft: floa
     tighter = derive_tier_engine(PROFILE, tpot * 0.8, ttft)
     assert tighter.max_num_batched_tokens <= e.max_num_batched_tokens
     assert tighter.max_num_seqs <= e.max_num_seqs
+
+
+def test_profile_show_prints_the_derived_flags_and_why() -> None:
+    from typer.testing import CliRunner
+
+    from polyserve.cli import app
+
+    result = CliRunner().invoke(
+        app, ["profile", "show", "llama-3.1-8b-h100", "--tpot", "30", "--ttft", "400"]
+    )
+    assert result.exit_code == 0, result.output
+    e = derive_tier_engine(PROFILE, 30.0, 400.0, shared=True)
+    out = " ".join(result.output.split())  # undo the console's wrapping
+    assert " ".join(e.vllm_args()) in out
+    for flag, why in e.reasons.items():
+        assert f"{flag} {why}" in out
