@@ -89,10 +89,12 @@ def for_mock_engines(doc: dict[str, Any], engine_image: str) -> dict[str, Any]:
     """An example SLOTier adapted to run the CPU mock engine, and nothing else changed but the
     timings in :data:`TEST_TIMING`.
 
-    The engine: the mock engine's image and command instead of vLLM's; its arguments keep the
-    scheduling policy (``--scheduling-policy priority``) and take the profile in place of
-    ``--model`` (the mock engine has no weights), with ``--host 0.0.0.0`` (the mock engine listens
-    on loopback by default, vLLM on every address). No GPU, memory request, node selector or
+    The engine: the mock engine's image and command instead of vLLM's; its arguments keep a
+    scheduling policy the example sets (``--scheduling-policy priority``) and take the profile in
+    place of ``--model`` (the mock engine has no weights), with ``--host 0.0.0.0`` (the mock engine
+    listens on loopback by default, vLLM on every address). The operator appends the flags it
+    derives for the tier as it does for vLLM, and the mock engine takes them unchanged (they time
+    it). No GPU, memory request, node selector or
     toleration (a kind node has no GPU; the devcluster's node agent would not mind), no
     ``HF_TOKEN`` (nothing to download), and a short grace period (a mock engine stops at once).
     """

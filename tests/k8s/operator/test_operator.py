@@ -133,12 +133,15 @@ def test_tier_lifecycle(
         container = dep.spec.template.spec.containers[0]
         assert container.readiness_probe.http_get.path == "/health"
         assert container.args[-4:] == ["--port", "8000", "--served-model-name", "llama-3.1-8b"]
+        assert "--max-num-batched-tokens" in container.args  # the flags derived for the tier
         assert dep.spec.template.spec.termination_grace_period_seconds == 5
         assert svc.spec.selector == r.selector_labels("chat")
         status = tier["status"]
         assert status["observedGeneration"] == tier["metadata"]["generation"]
         assert status["selector"] == r.tier_selector("chat")
         assert status["desiredReplicas"] == 1
+        assert status["engineArgs"] == container.args
+        assert "--max-num-seqs" in status["engineReasons"]
         for type_, want in [("InvalidSpec", "False"), ("ProfileMissing", "False")]:
             cond = tier_condition(tier, type_)
             assert cond is not None and cond["status"] == want, cond
