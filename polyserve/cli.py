@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +28,11 @@ from polyserve.profile import (
 from polyserve.router.cli import router
 from polyserve.slo import PAPER_TIERS, SLOError
 from polyserve.tier_engine import derive_tier_engine
+
+if TYPE_CHECKING:
+    from polyserve.profile import Profile
+    from polyserve.sim.study import EngineMode
+    from polyserve.sim.workload import Arrival
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="PolyServe: multi-SLO LLM serving."
@@ -175,13 +180,17 @@ def simulate(
         bool, typer.Option("--quick", help="A fast comparison: 3,000 requests on 6 servers.")
     ] = False,
     out: Annotated[Path, typer.Option(help="Folder for the PNG plots.")] = Path("out/simulate"),
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="stock (vLLM as shipped, each tier's derived flags), polyserve (our engine "
+            "extensions: dynamic and slack-aware chunking) or both (one table each)."
+        ),
+    ] = "both",
 ) -> None:
     """Goodput of each policy on a workload (bisection on the rate for the attainment threshold)."""
-    from rich.progress import Progress
-
     from polyserve.policy import POLICY_NAMES, check_policy_name
-    from polyserve.sim.plots import write_all
-    from polyserve.sim.study import goodput_study
+    from polyserve.sim.study import ENGINE_MODES
     from polyserve.sim.workload import SLOAssigner, shapes_for
 
     if quick:  # few servers keep the rate low, so the short run still reaches a steady state
@@ -191,24 +200,49 @@ def simulate(
         raise ValueError(f"no policy given; choose from {', '.join(POLICY_NAMES)}")
     for name in names:
         check_policy_name(name)
+    modes = [m for m in ENGINE_MODES if engine in (m, "both")]
+    if not modes:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_MODES)}, both")
     prof = load_profile(profile)
     base = SLOAssigner(PAPER_TIERS, prof).assign(shapes_for(workload, requests, seed), seed=seed)
+    for mode in modes:
+        _goodput_table(prof, base, workload, servers, names, threshold, mode, out / mode)
+
+
+def _goodput_table(
+    prof: Profile,
+    base: list[Arrival],
+    workload: str,
+    servers: int,
+    names: list[str],
+    threshold: float,
+    engine: EngineMode,
+    out: Path,
+) -> None:
+    """One goodput study on one engine, printed as a table, with its plots under ``out``."""
+    from rich.progress import Progress
+
+    from polyserve.sim.plots import write_all
+    from polyserve.sim.study import goodput_study
+
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("goodput search", total=len(names) * 10)
 
         def on_point(name: str, point: object) -> None:
-            bar.update(task, advance=1, description=f"{name}: {point}")
+            bar.update(task, advance=1, description=f"{engine} engine, {name}: {point}")
 
         results, bound = goodput_study(
-            prof, PAPER_TIERS, base, servers, names, threshold, on_point=on_point
+            prof, PAPER_TIERS, base, servers, names, threshold, on_point=on_point, engine=engine
         )
     optimum = bound.goodput(servers)
     best_baseline = max(
         (r.goodput.rate for r in results if not r.name.startswith("polyserve")), default=0.0
     )
     wide = Console(width=max(console.width, 150))
+    on = "stock vLLM" if engine == "stock" else "PolyServe's engine extensions"
     table = Table(
-        title=f"Goodput at {threshold:.0%} attainment: {workload}, {len(base)} requests, {servers} x {prof.name}"
+        title=f"Goodput at {threshold:.0%} attainment on {on}: {workload}, {len(base)} requests, "
+        f"{servers} x {prof.name}"
     )
     for col in ("policy", "goodput req/s", "vs best baseline", "% of optimal"):
         table.add_column(col, justify="left" if col == "policy" else "right")

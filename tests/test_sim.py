@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from polyserve.policy import make_policy
-from polyserve.profile import Profile
+from polyserve.profile import Profile, load_profile
 from polyserve.sim.fleet import FleetSim, SimConfig
 from polyserve.sim.optimal import fluid_bound, windowed_bound
 from polyserve.sim.workload import Arrival, SLOAssigner, SLOMix, at_rate, shapes_for
@@ -103,3 +103,44 @@ def test_windowed_bound_follows_the_measured_window(profile: Profile) -> None:
         profile, PAPER_TIERS, dense[int(0.3 * (n - 1)) : int(0.7 * (n - 1)) + 1], 0.9
     )
     assert mid.goodput(20) == pytest.approx(alone.goodput(20) / 2, rel=0.01)
+
+
+def test_stock_engines_run_each_tiers_derived_flags() -> None:
+    """The stock mode: a pinned server runs its tier's vLLM flags (``tier_engine``), a floating
+    one the tightest tier's (one configuration for a shared pool); no dynamic chunking."""
+    from polyserve.sim.study import sim_config, split_servers
+    from polyserve.tier_engine import derive_tier_engine
+
+    prof = load_profile("llama-3.1-8b-h100")
+    shares = [0.1, 0.2, 0.3, 0.4]
+    cfg = sim_config(prof, PAPER_TIERS, 10, "polyserve", "stock", shares)
+    assert cfg.chunk_mode == "tier" and cfg.pinned == split_servers(10, shares)
+    sim = FleetSim(cfg, make_policy("polyserve"))
+    tiers = [s.view.tier for s in sim.servers]
+    assert tiers == sorted(tiers) and [tiers.count(t) for t in range(4)] == list(cfg.pinned)
+    for s in sim.servers:
+        t = PAPER_TIERS[s.view.tier]
+        want = derive_tier_engine(prof, t.tpot_ms, t.ttft_ms).engine_config(prof)
+        assert s.engine.config == want and s.view.pinned
+        assert s.view.max_batched_tokens == want.max_num_batched_tokens
+    floating = sim.start_server(0.0, 0.0, tier=None, pinned=False)
+    tight = PAPER_TIERS[0]
+    pool = derive_tier_engine(prof, tight.tpot_ms, tight.ttft_ms, shared=True)
+    assert sim.servers[floating.index].engine.config == pool.engine_config(prof)
+    # a shared pool runs the tightest tier's flags; the load balancers keep vLLM's defaults
+    pack = sim_config(prof, PAPER_TIERS, 10, "pack-load", "stock", shares)
+    assert pack.chunk_mode == "tier" and pack.pinned is None
+    lb = sim_config(prof, PAPER_TIERS, 10, "least-outstanding", "stock", shares)
+    assert lb == sim_config(prof, PAPER_TIERS, 10, "least-outstanding", "polyserve", shares)
+    # with the engine extensions, the SLO-aware policies chunk dynamically on floating servers
+    ours = sim_config(prof, PAPER_TIERS, 10, "polyserve", "polyserve", shares)
+    assert ours.chunk_mode == "dynamic" and ours.pinned is None
+
+
+def test_servers_split_over_tiers_by_share() -> None:
+    from polyserve.sim.study import split_servers
+
+    assert split_servers(10, [0.1, 0.2, 0.3, 0.4]) == (1, 2, 3, 4)
+    assert split_servers(6, [0.05, 0.05, 0.1, 0.8]) == (1, 1, 1, 3)  # each tier gets one
+    assert split_servers(3, [0.1, 0.2, 0.3, 0.4]) == (0, 1, 1, 1)  # too few for every tier
+    assert sum(split_servers(37, [0.13, 0.29, 0.21, 0.37])) == 37

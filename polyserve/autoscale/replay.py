@@ -20,9 +20,9 @@ from polyserve.autoscale.settings import AutoscaleSettings
 from polyserve.autoscale.virtual import FleetSample, SimAutoscaler, VirtualActuator
 from polyserve.policy import make_policy
 from polyserve.profile import Profile
-from polyserve.sim.fleet import FleetSim, Scaler, SimConfig, SimResult
+from polyserve.sim.fleet import FleetSim, Scaler, SimResult
 from polyserve.sim.optimal import fluid_bound
-from polyserve.sim.study import CHUNK_MODE
+from polyserve.sim.study import sim_config
 from polyserve.sim.workload import Arrival
 from polyserve.slo import TierSet
 
@@ -96,7 +96,7 @@ def _run(
     scaler_of: Callable[[FleetSim], tuple[Scaler, VirtualActuator]],
     progress: Progress | None,
 ) -> tuple[SimResult, Scaler]:
-    cfg = SimConfig(replay.profile, replay.tiers, 0, chunk_mode=CHUNK_MODE.get(policy_name, "vllm"))
+    cfg = sim_config(replay.profile, replay.tiers, 0, policy_name)
     sim = FleetSim(cfg, make_policy(policy_name, shares=[1.0] * len(replay.tiers)))
     scaler, _ = scaler_of(sim)
     sim.scaler = scaler

@@ -42,8 +42,10 @@ from polyserve.policy.ledger import Ledger
 from polyserve.profile import Profile
 from polyserve.sim.workload import Arrival
 from polyserve.slo import RequestOutcome, Summary, TierSet, check_deadlines, summarize
+from polyserve.tier_engine import derive_tier_engine
 
-ChunkMode = Literal["dynamic", "static", "vllm"]
+ChunkMode = Literal["dynamic", "static", "vllm", "tier"]
+CHUNK_MODES: tuple[ChunkMode, ...] = ("dynamic", "static", "vllm", "tier")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +54,13 @@ class SimConfig:
     tiers: TierSet
     n_servers: int
     #: dynamic: PolyServe's chunk sizing (step within the tightest TPOT on the server);
-    #: static: a fixed token budget of ``static_chunk``; vllm: the profile's default budget.
+    #: static: a fixed token budget of ``static_chunk``; vllm: the profile's default budget;
+    #: tier: stock vLLM with each tier's derived flags (``tier_engine``): a server pinned to a tier
+    #: runs its tier's, a floating one the tightest tier's (a shared pool has one configuration).
     chunk_mode: ChunkMode = "dynamic"
     static_chunk: int = 512
+    #: servers pinned to each tier at the start (a tier's own Deployment); None: all float
+    pinned: tuple[int, ...] | None = None
     on_deadline_miss: DeadlineMiss = "reject"
     output_prior: float = 256.0
     #: requests behind a blocked head offered to the policy (0: strict FIFO; see policy.dispatch)
@@ -63,8 +69,17 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.n_servers < 0:
             raise ValueError("a fleet cannot have a negative number of servers")
-        if self.chunk_mode not in ("dynamic", "static", "vllm"):
+        if self.chunk_mode not in CHUNK_MODES:
             raise ValueError(f"unknown chunk mode {self.chunk_mode!r}")
+        if self.pinned is not None and (
+            len(self.pinned) != len(self.tiers)
+            or sum(self.pinned) != self.n_servers
+            or min(self.pinned) < 0
+        ):
+            raise ValueError(
+                f"pinned servers {self.pinned} must give each of the {len(self.tiers)} tiers a "
+                f"count >= 0, {self.n_servers} in all"
+            )
         if self.on_deadline_miss not in DEADLINE_MISS_CHOICES:
             raise ValueError(f"unknown deadline-miss handling {self.on_deadline_miss!r}")
 
@@ -117,38 +132,37 @@ class SimResult:
     rejected: int
 
 
+def _pinned_tier(pinned: Sequence[int], index: int) -> int:
+    """The tier of the ``index``-th initial server when ``pinned`` servers go to each tier."""
+    for tier, count in enumerate(pinned):
+        if index < count:
+            return tier
+        index -= count
+    raise IndexError(index)
+
+
 class FleetSim:
     def __init__(self, config: SimConfig, policy: Policy, scaler: Scaler | None = None) -> None:
         self.cfg = config
         self.policy = policy
         self.scaler = scaler
         prof = config.profile
-        budget = prof.max_num_batched_tokens
-        if config.chunk_mode == "static":
-            budget = config.static_chunk
-        self._engine_cfg = EngineConfig.from_profile(
-            prof,
-            max_num_batched_tokens=max(budget, 1),
-            max_num_seqs=min(prof.max_num_seqs, max(budget, 1)),
-        )
+        self._configs = self._engine_configs()
         self.servers: list[_Server] = []
         for i in range(config.n_servers):
-            view = ServerView(
-                name=f"s{i}",
-                profile=prof,
-                max_batched_tokens=self._engine_cfg.max_num_batched_tokens,
-                chunk_budget_ms=0.0,
-                index=i,
-            )
-            self.servers.append(_Server(view, Engine(prof, self._engine_cfg)))
+            tier = None if config.pinned is None else _pinned_tier(config.pinned, i)
+            view = self._view(i, tier, pinned=tier is not None)
+            self.servers.append(_Server(view, Engine(prof, self._config_of(tier))))
         n_tiers = len(config.tiers)
-        # every server is alike: one template gives each tier's ideal TTFT
-        template = ServerView("ideal", prof, self._engine_cfg.max_num_batched_tokens)
+        # a tier's ideal TTFT is an idle server's of its own engine configuration
+        templates = {
+            id(c): ServerView("ideal", prof, c.max_num_batched_tokens) for c in self._configs
+        }
         self.ledger: Ledger[_Live] = Ledger(
             config.tiers,
             policy,
             [s.view for s in self.servers],
-            [template] * n_tiers,
+            [templates[id(self._config_of(t, config.pinned is not None))] for t in range(n_tiers)],
             [config.on_deadline_miss] * n_tiers,
             output_prior=config.output_prior,
             lookahead=config.lookahead,
@@ -161,6 +175,41 @@ class FleetSim:
         self.promoted = 0
         # scaling mode: timed callbacks (a server becoming ready)
         self._timers: list[tuple[float, int, int]] = []  # (time, seq, server index)
+
+    def _engine_configs(self) -> list[EngineConfig]:
+        """The engine configurations this fleet runs: one per tier in ``tier`` mode, then one for
+        floating servers (the last); in the other modes one for every server."""
+        cfg, prof = self.cfg, self.cfg.profile
+        if cfg.chunk_mode == "tier":
+            tiers = cfg.tiers
+            per_tier = [derive_tier_engine(prof, t.tpot_ms, t.ttft_ms) for t in tiers]
+            pool = derive_tier_engine(prof, tiers[0].tpot_ms, tiers[0].ttft_ms, shared=True)
+            return [e.engine_config(prof) for e in (*per_tier, pool)]
+        budget = cfg.static_chunk if cfg.chunk_mode == "static" else prof.max_num_batched_tokens
+        one = EngineConfig.from_profile(
+            prof,
+            max_num_batched_tokens=max(budget, 1),
+            max_num_seqs=min(prof.max_num_seqs, max(budget, 1)),
+        )
+        return [one]
+
+    def _config_of(self, tier: int | None, pinned: bool = True) -> EngineConfig:
+        """A server's engine configuration (fixed for its life, as vLLM's flags)."""
+        if len(self._configs) == 1:
+            return self._configs[0]
+        return self._configs[tier] if tier is not None and pinned else self._configs[-1]
+
+    def _view(self, idx: int, tier: int | None, pinned: bool, healthy: bool = True) -> ServerView:
+        return ServerView(
+            name=f"s{idx}",
+            profile=self.cfg.profile,
+            max_batched_tokens=self._config_of(tier, pinned).max_num_batched_tokens,
+            chunk_budget_ms=0.0,
+            index=idx,
+            tier=tier,
+            pinned=pinned and tier is not None,
+            healthy=healthy,
+        )
 
     # ---------------------------------------------------------------- what the scaler reads
 
@@ -412,17 +461,8 @@ class FleetSim:
         if startup_s < 0:
             raise ValueError(f"start-up delay must be >= 0, got {startup_s}")
         idx = len(self.servers)
-        view = ServerView(
-            name=f"s{idx}",
-            profile=self.cfg.profile,
-            max_batched_tokens=self._engine_cfg.max_num_batched_tokens,
-            chunk_budget_ms=0.0,
-            index=idx,
-            tier=tier,
-            pinned=pinned and tier is not None,
-            healthy=False,
-        )
-        srv = _Server(view, Engine(self.cfg.profile, self._engine_cfg), ready=False)
+        view = self._view(idx, tier, pinned, healthy=False)
+        srv = _Server(view, Engine(self.cfg.profile, self._config_of(tier, pinned)), ready=False)
         srv.active_since = now
         self.servers.append(srv)
         self.fleet.servers.append(view)

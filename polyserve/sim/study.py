@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from polyserve.policy import make_policy
 from polyserve.profile import Profile
@@ -12,8 +13,9 @@ from polyserve.sim.optimal import FluidBound, fluid_bound, windowed_bound
 from polyserve.sim.workload import Arrival, at_rate
 from polyserve.slo import Goodput, GoodputPoint, TierSet, goodput_search
 
-#: The engines each policy runs on: SLO-aware policies get PolyServe's dynamic chunking; the load
-#: balancers run vLLM's defaults; CO-Chunk a static 512-token budget (Sarathi-Serve's default).
+#: The engines each policy runs on with PolyServe's engine extensions (``polyserve``): SLO-aware
+#: policies get dynamic chunking; the load balancers run vLLM's defaults; CO-Chunk a static
+#: 512-token budget (Sarathi-Serve's default).
 CHUNK_MODE: dict[str, ChunkMode] = {
     "polyserve": "dynamic",
     "polyserve-promote-first": "dynamic",
@@ -25,6 +27,49 @@ CHUNK_MODE: dict[str, ChunkMode] = {
     "round-robin": "vllm",
     "random": "vllm",
 }
+
+
+EngineMode = Literal["polyserve", "stock"]
+#: ``stock``: vLLM V1 as shipped. The SLO-aware policies' engines get each tier's derived flags
+#: (``tier_engine``) in place of dynamic chunking: a tiered policy's servers are pinned to tiers
+#: (a Deployment per SLOTier, sized by the fluid optimum's shares), a shared pool (pack-load) runs
+#: the tightest tier's flags on every server. The other policies already run stock engines.
+ENGINE_MODES: tuple[EngineMode, ...] = ("polyserve", "stock")
+#: policies whose servers hold a tier (the pinned Deployments of the stock mode)
+TIERED = ("polyserve", "polyserve-promote-first", "static-partition")
+
+
+def split_servers(n: int, shares: Sequence[float]) -> tuple[int, ...]:
+    """``n`` servers over the tiers by ``shares`` (largest remainder), then each tier at least one
+    when there are enough servers (a tier without a server could only borrow), taken from the
+    tier with the most."""
+    raw = [n * s / sum(shares) for s in shares]
+    counts = [int(x) for x in raw]
+    by_remainder = sorted(range(len(raw)), key=lambda i: raw[i] - counts[i], reverse=True)
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    while n >= len(counts) and 0 in counts:
+        counts[counts.index(max(counts))] -= 1
+        counts[counts.index(0)] += 1
+    return tuple(counts)
+
+
+def sim_config(
+    profile: Profile,
+    tiers: TierSet,
+    n_servers: int,
+    policy_name: str,
+    engine: EngineMode = "polyserve",
+    shares: Sequence[float] | None = None,
+) -> SimConfig:
+    """The fleet a policy runs on, with PolyServe's engine extensions or stock vLLM."""
+    mode = CHUNK_MODE.get(policy_name, "vllm")
+    if engine == "polyserve" or mode != "dynamic":
+        return SimConfig(profile, tiers, n_servers, chunk_mode=mode)
+    pinned = None
+    if policy_name in TIERED and n_servers > 0:
+        pinned = split_servers(n_servers, shares or [1.0 / len(tiers)] * len(tiers))
+    return SimConfig(profile, tiers, n_servers, chunk_mode="tier", pinned=pinned)
 
 
 #: Attainment is measured on the requests that arrive in the middle of the run: the first ones meet
@@ -61,9 +106,11 @@ def run_once(
     arrivals: Sequence[Arrival],
     bound: FluidBound,
     seed: int = 0,
+    engine: EngineMode = "polyserve",
 ) -> SimResult:
-    policy = make_policy(policy_name, seed=seed, shares=bound.server_shares())
-    cfg = SimConfig(profile, tiers, n_servers, chunk_mode=CHUNK_MODE.get(policy_name, "vllm"))
+    shares = bound.server_shares()
+    policy = make_policy(policy_name, seed=seed, shares=shares)
+    cfg = sim_config(profile, tiers, n_servers, policy_name, engine, shares)
     return FleetSim(cfg, policy).run(arrivals)
 
 
@@ -76,6 +123,7 @@ def goodput_study(
     threshold: float = 0.9,
     rel_tol: float = 0.03,
     on_point: Callable[[str, GoodputPoint], None] | None = None,
+    engine: EngineMode = "polyserve",
 ) -> tuple[list[PolicyGoodput], FluidBound]:
     """``base`` is the workload at 1 req/s; each evaluation replays it at another rate.
 
@@ -91,7 +139,7 @@ def goodput_study(
 
         def attainment(rate: float, name: str = name, last: dict[float, SimResult] = last) -> float:
             arrivals = at_rate(base, rate)
-            res = run_once(profile, tiers, n_servers, name, arrivals, whole)
+            res = run_once(profile, tiers, n_servers, name, arrivals, whole, engine=engine)
             last[rate] = res
             return windowed_attainment(res, arrivals)
 
