@@ -130,7 +130,7 @@ class _StateCollector(Collector):
                 residents.add(lab, b.view.residents)
                 foreign.add(lab, b.view.foreign_requests)
                 kv.add(lab, b.view.kv_tokens)
-                up.add(lab, 1.0 if b.view.healthy else 0.0)
+                up.add(lab, 1.0 if b.healthy else 0.0)
                 draining.add(lab, 1.0 if b.view.draining else 0.0)
                 idle.add(lab, pool.idle_s(b, now))
         for series in (pending, oldest, residents, foreign, kv, up, draining, idle):

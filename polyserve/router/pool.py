@@ -55,6 +55,10 @@ class Backend:
     view: ServerView
     removed: bool = False  # gone from discovery: leaves once its requests finish
     idle_since: float | None = None  # since when it has held no request (None: it holds some)
+    healthy: bool = True  # its health checks and connections say it answers
+    #: it refused a request as busy (a 503) since its last passing health check; the policy sees
+    #: ``view.healthy`` = healthy and not busy
+    busy: bool = False
 
     @property
     def name(self) -> str:
@@ -186,12 +190,30 @@ class ModelPool:
             self.fleet.servers = [x.view for x in self.backends.values()]
 
     def set_health(self, name: str, healthy: bool) -> bool:
-        """Returns True when the backend became available (queues may now move)."""
+        """A health check's (or a failed connection's) verdict; a passing one also ends a busy
+        hold. Returns True when the backend became available (queues may now move)."""
         b = self.backends.get(name)
-        if b is None or b.view.healthy == healthy:
+        if b is None:
             return False
-        b.view.healthy = healthy
-        return healthy
+        b.healthy = healthy
+        if healthy:
+            b.busy = False
+        return self._sync(b)
+
+    def set_busy(self, name: str) -> None:
+        """The backend refused a request as busy: no placements until its next passing health
+        check, and it stays healthy (its load, not its health, was misjudged)."""
+        b = self.backends.get(name)
+        if b is not None:
+            b.busy = True
+            self._sync(b)
+
+    @staticmethod
+    def _sync(b: Backend) -> bool:
+        available = b.healthy and not b.busy
+        woke = available and not b.view.healthy
+        b.view.healthy = available
+        return woke
 
     # ---------------------------------------------------------------- requests
 

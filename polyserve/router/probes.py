@@ -83,7 +83,7 @@ class Probes:
         woke = False
         for (pool, name, _), ok in zip(targets, results, strict=True):
             changed = pool.backends.get(name)
-            was = changed.view.healthy if changed else ok
+            was = changed.healthy if changed else ok
             woke |= pool.set_health(name, ok)
             if changed is not None and was != ok:
                 log.warning("backend %s is %s", name, "healthy again" if ok else "unhealthy")

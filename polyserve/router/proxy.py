@@ -1,10 +1,27 @@
 """One attempt to serve a placed request on its backend: forward, pass the answer through, count.
 
 ``forward`` returns either the client's response (streamed or whole) with its outcome, or a
-``retry_reason`` when the backend failed before the client saw a byte (connection refused or
-reset, a 5xx, a timeout, an empty stream): the router then tries another backend. Once bytes
-have reached the client, a backend failure ends the stream with an OpenAI-shaped error event
-(``data: {"error": ...}``) and ``[DONE]``: the client always learns how its request ended.
+``retry_reason`` when the backend failed before the client saw a byte: the router then tries
+another backend. What a backend's answer means (:func:`answer_kind`, from vLLM's own error
+mapping, ``vllm/entrypoints/serve/exception_handling``):
+
+- any status below 500, and 500 or 501: the request's own answer, passed through to the client;
+  the backend stays healthy. vLLM answers 500 for one request's failed generation (a
+  ``finish_reason`` of ``error``, a KV-transfer failure) or an unexpected exception in its
+  handling, and 501 for a feature the model or server does not implement. A dead engine also
+  answers 500, but its ``/health`` then answers 503 (or the process exits): the health checks
+  take it out, not one request's answer.
+- 503: the engine refused to admit the request (its request or prefill-token queue is full,
+  generation is paused for a weight update): vLLM means "retry on a different instance". The
+  router retries it elsewhere and holds the backend out of placement until its next passing
+  health check, without marking it unhealthy; when every attempt meets a busy backend the
+  client gets a 503 with ``Retry-After``.
+- any other 5xx (502, 504: vLLM never sends them; a proxy in front of the engine does when it
+  cannot reach it), a connection refused or reset, a timeout or an empty stream before the first
+  byte: the backend is marked unhealthy and the request retried.
+
+Once bytes have reached the client, a backend failure ends the stream with an OpenAI-shaped error
+event (``data: {"error": ...}``) and ``[DONE]``: the client always learns how its request ended.
 """
 
 from __future__ import annotations
@@ -15,7 +32,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -59,6 +76,19 @@ class Result:
     response: web.StreamResponse | None = None
     outcome: str = "ok"
     retry_reason: str | None = None
+    #: with a retry_reason: the backend refused as busy (a 503), it is not down
+    busy: bool = False
+
+
+AnswerKind = Literal["answer", "busy", "down"]
+
+
+def answer_kind(status: int) -> AnswerKind:
+    """What a backend's HTTP status says (the rule is in the module doc): the request's own
+    ``answer``, a ``busy`` backend to retry elsewhere, or a backend that is ``down``."""
+    if status < 500 or status in (500, 501):
+        return "answer"
+    return "busy" if status == 503 else "down"
 
 
 BACKEND_HEADER = "X-PolyServe-Backend"
@@ -103,8 +133,9 @@ async def forward(a: Attempt) -> Result:
     completed = False
     up.inflight.add(resp)
     try:
-        if resp.status >= 500:
-            return Result(retry_reason=f"status {resp.status}")
+        kind = answer_kind(resp.status)
+        if kind != "answer":
+            return Result(retry_reason=f"status {resp.status}", busy=kind == "busy")
         if resp.status != 200:
             data = await resp.read()
             completed = True
@@ -114,7 +145,7 @@ async def forward(a: Attempt) -> Result:
                 content_type=resp.content_type or "application/json",
                 headers=_served_by(a),
             )
-            return Result(response, "client_error")
+            return Result(response, "client_error" if resp.status < 500 else "backend_error")
         result = await (_stream(a, resp) if a.stream else _whole(a, resp))
         completed = result.outcome == "ok"
         return result

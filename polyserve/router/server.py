@@ -372,8 +372,19 @@ class Router:
                     raise Refused(*UNPLACED["shutdown"])
                 reason = (result.retry_reason or "unknown").split(":")[0]
                 self.metrics.retries.labels(model, ticket.backend or "", reason).inc()
-                pool.set_health(ticket.backend or "", False)
+                if result.busy:
+                    pool.set_busy(ticket.backend or "")
+                else:
+                    pool.set_health(ticket.backend or "", False)
                 pool.release(ticket, self.now(), completed=False)
+                if ticket.attempts >= self.settings.max_attempts and result.busy:
+                    raise Refused(
+                        503,
+                        f"Every backend tried ({ticket.attempts}) was busy "
+                        f"({result.retry_reason}); retry later.",
+                        "unavailable",
+                        retry=True,
+                    )
                 if ticket.attempts >= self.settings.max_attempts:
                     raise Refused(
                         502,

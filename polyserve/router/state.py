@@ -34,7 +34,7 @@ def router_state(pools: Iterable[ModelPool], now: float, wall: float) -> RouterS
                 BackendState(
                     name=b.name,
                     tier=b.spec.tier,
-                    ready=b.view.healthy and not b.removed,
+                    ready=b.healthy and not b.removed,
                     draining=b.view.draining,
                     requests=b.view.residents,
                     idle_s=pool.idle_s(b, now),

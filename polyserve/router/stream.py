@@ -1,8 +1,9 @@
 """Counting tokens in a backend's SSE stream as it passes through the router (pure).
 
 The router forwards the backend's bytes untouched and reads them on the side: each ``data:`` event
-whose choice carries output (completion ``text``, chat ``delta.content`` or tool-call deltas) is one
-step's token; vLLM's chat role chunk, the usage-only chunk (``"choices": []``) and ``[DONE]`` are
+whose choice carries output (completion ``text``; a chat delta's ``content``, ``reasoning`` (vLLM
+0.33's reasoning parsers), ``reasoning_content`` (older vLLM and other servers) or tool calls) is
+one step's token; vLLM's chat role chunk, the usage-only chunk (``"choices": []``) and ``[DONE]`` are
 not. When the stream carries usage, its ``completion_tokens`` is the exact count at the end.
 Mid-stream chunks in vLLM's compact JSON are judged from their text (parsing every token's JSON
 was a third of the router's CPU); anything else is parsed.
@@ -15,6 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polyserve.wire.openai import SSEDecoder
+
+#: a chat delta's fields whose text is output (a token)
+_DELTA_TEXTS = ("content", "reasoning", "reasoning_content")
+#: what the fast path looks for of the first two: a string value, an empty one
+_FAST_TEXTS = tuple((f'"{k}":"', f'"{k}":""') for k in _DELTA_TEXTS[:2])
 
 
 def _fast_verdict(payload: str) -> bool | None:
@@ -30,17 +36,16 @@ def _fast_verdict(payload: str) -> bool | None:
         return None
     if '"text":"' in payload:
         return '"text":""' not in payload
-    if '"delta":{' in payload and '"tool_calls"' not in payload and '"reasoning' not in payload:
-        return '"content":"' in payload and '"content":""' not in payload
+    # "content": is a suffix of "reasoning_content": (parsed: one delta may carry both)
+    if '"delta":{' in payload and '"tool_calls"' not in payload and '_content":' not in payload:
+        return any(text in payload and empty not in payload for text, empty in _FAST_TEXTS)
     return None
 
 
 def _has_output(choice: dict[str, Any]) -> bool:
     if "delta" in choice:
         delta = choice.get("delta") or {}
-        return bool(
-            delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content")
-        )
+        return bool(delta.get("tool_calls")) or any(delta.get(k) for k in _DELTA_TEXTS)
     return bool(choice.get("text"))
 
 

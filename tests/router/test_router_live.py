@@ -18,7 +18,7 @@ from polyserve.router.auth import KeyEntry, KeyRing
 from polyserve.router.spec import FleetSpec
 from polyserve.router.testing import RouterThread
 from tests.mockengine.conftest import raw, scrape, wait_until
-from tests.router.conftest import MODEL, PROFILE, TIERS, backend
+from tests.router.conftest import MODEL, PROFILE, TIERS, StubEngine, backend
 
 
 def dead_url() -> str:
@@ -268,6 +268,76 @@ def test_a_backend_failing_before_its_first_byte_is_retried_on_another(
     health = {b["name"]: b["ready"] for b in state["backends"]}
     assert health == {"doomed": False, "e0": True}
     wait_until(lambda: residents(r) == 0, what="every request released")
+
+
+def retries_by_backend(url: str) -> dict[str, float]:
+    return {
+        dict(lab)["backend"]: v
+        for (n, lab), v in scrape(url).items()
+        if n == "polyserve_router_retries_total"
+    }
+
+
+def ready(url: str) -> dict[str, bool]:
+    state = json.loads(raw(url, "GET", "/polyserve/v1/state")[2])
+    return {b["name"]: b["ready"] for b in state["backends"]}
+
+
+@pytest.mark.parametrize("status", [500, 501])
+def test_a_requests_own_500_or_501_is_passed_through_and_the_backend_stays_healthy(
+    status: int, start_router: Callable[..., RouterThread]
+) -> None:
+    """vLLM answers 500 for one request's failed generation and 501 for what it does not
+    implement: the client gets that answer; the backend keeps serving (no retry, not down)."""
+    with StubEngine(status) as stub:
+        fleet = FleetSpec(tiers=TIERS, backends=[backend("s", stub.url)])
+        r = start_router(fleet, health_interval_s=60.0)  # only the answers could mark it down
+        for _ in range(2):
+            got, _, data = raw(r.url, "POST", "/v1/completions", {"model": MODEL, "prompt": "x"})
+            assert (got, json.loads(data)["error"]["message"]) == (status, f"stub {status}")
+        assert len(stub.posts) == 2  # each request tried once, on the backend still placed on
+        assert retries_by_backend(r.url) == {} and ready(r.url) == {"s": True}
+        assert outcomes(r.url)[("t100", "backend_error")] == 2
+        wait_until(lambda: residents(r) == 0, what="every request released")
+
+
+def test_a_busy_backend_is_retried_on_another_and_stays_healthy(
+    engines: MockEngineThread, start_router: Callable[..., RouterThread]
+) -> None:
+    """A 503 is vLLM's full queue ("retry on a different instance"): retried elsewhere, the busy
+    backend held out of placement until its next health check, but not marked unhealthy."""
+    with StubEngine(503) as stub:
+        fleet = FleetSpec(
+            tiers=TIERS, backends=[backend("busy", stub.url), backend("e0", engines.urls[0])]
+        )
+        r = start_router(fleet, health_interval_s=60.0)
+        c = client(r.url)
+        for _ in range(3):
+            out = c.completions.create(model=MODEL, prompt="elsewhere", max_tokens=2)
+            assert out.usage is not None and out.usage.completion_tokens == 2
+        assert len(stub.posts) == 1  # tried first, then held out
+        assert retries_by_backend(r.url) == {"busy": 1.0}
+        assert ready(r.url) == {"busy": True, "e0": True}
+        assert not r.call(lambda rt: rt.pools[MODEL].backends["busy"].view.healthy)
+        wait_until(lambda: residents(r) == 0, what="every request released")
+
+
+def test_every_attempt_busy_ends_in_a_503_with_retry_after(
+    start_router: Callable[..., RouterThread],
+) -> None:
+    with StubEngine(503) as stub:
+        r = start_router(
+            FleetSpec(tiers=TIERS, backends=[backend("busy", stub.url)]), max_attempts=2
+        )
+        status, headers, data = raw(
+            r.url, "POST", "/v1/completions", {"model": MODEL, "prompt": "x"}
+        )
+        err = json.loads(data)["error"]
+        assert (status, err["code"]) == (503, 503) and "busy" in err["message"]
+        assert headers.get("Retry-After") == "1"
+        assert len(stub.posts) == 2  # the passing health check (FAST) ended the hold in between
+        assert ready(r.url) == {"busy": True}
+        wait_until(lambda: residents(r) == 0, what="every request released")
 
 
 def test_no_live_backend_ends_in_a_clear_503(start_router: Callable[..., RouterThread]) -> None:

@@ -366,6 +366,23 @@ def test_fast_path_agrees_with_parsing_on_vllm_chunks() -> None:
             '{"id":"c","choices":[{"index":0,"text":"\\"","logprobs":null,"finish_reason":null}],"usage":null}',
             True,
         ),
+        # vLLM 0.33's reasoning parsers stream the thinking as delta.reasoning
+        (
+            '{"id":"c","choices":[{"index":0,"delta":{"reasoning":"Hmm"},"logprobs":null,"finish_reason":null}]}',
+            True,
+        ),
+        (
+            '{"id":"c","choices":[{"index":0,"delta":{"content":null,"reasoning":"Hmm"},"logprobs":null,"finish_reason":null}]}',
+            True,
+        ),
+        (
+            '{"id":"c","choices":[{"index":0,"delta":{"content":"","reasoning":""},"logprobs":null,"finish_reason":null}]}',
+            False,
+        ),
+        (
+            '{"id":"c","choices":[{"index":0,"delta":{"content":"\\"reasoning\\":\\"\\""},"logprobs":null,"finish_reason":null}]}',
+            True,
+        ),
     ]
     for payload, has in compact:
         assert _fast_verdict(payload) is has
@@ -376,8 +393,52 @@ def test_fast_path_agrees_with_parsing_on_vllm_chunks() -> None:
         '{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}',  # last chunk
         '{"choices":[],"usage":{"completion_tokens":3}}',
         '{"choices": [{"index": 0, "text": "spaced", "finish_reason": null}]}',
+        # both names in one delta ("content": ends "reasoning_content":): parsed
+        '{"choices":[{"index":0,"delta":{"reasoning_content":"","content":"x"},"finish_reason":null}]}',
     ):
         assert _fast_verdict(slow) is None
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_reasoning_tokens_count_and_come_first(field: str) -> None:
+    """Thinking is output: its first token is the request's first token (vLLM 0.33 names the
+    field ``reasoning``, read on the fast path; older servers ``reasoning_content``, parsed)."""
+    from polyserve.router.stream import _fast_verdict
+
+    choice = {"index": 0, "delta": {field: "Hmm"}, "logprobs": None, "finish_reason": None}
+    compact = json.dumps({"id": "c", "choices": [choice]}, separators=(",", ":"))  # vLLM's
+    spaced = sse({"choices": [{"index": 0, "delta": {field: " so"}, "finish_reason": None}]})
+    answer = sse({"choices": [{"index": 0, "delta": {"content": "4"}, "finish_reason": "stop"}]})
+    assert _fast_verdict(compact) is (True if field == "reasoning" else None)
+    t = StreamTally()
+    assert t.feed(b"data: " + compact.encode() + b"\n\n") == 1  # the first token
+    assert t.feed(spaced + answer + b"data: [DONE]\n\n") == 2
+    assert t.tokens == 3 and t.done
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        *[(s, "answer") for s in (200, 400, 429, 500, 501)],
+        *[(503, "busy"), (502, "down"), (504, "down"), (599, "down")],
+    ],
+)
+def test_backend_answers_are_the_requests_own_busy_or_down(status: int, kind: str) -> None:
+    from polyserve.router.proxy import answer_kind
+
+    assert answer_kind(status) == kind
+
+
+def test_a_busy_backend_is_held_until_a_passing_health_check_and_stays_healthy() -> None:
+    pool = ModelPool(M, TIERS, "polyserve")
+    pool.set_backends(backends("t100"), now=0.0)
+    b = pool.backends["b0"]
+    pool.set_busy("b0")
+    assert b.healthy and not b.view.available  # not down, but placed on no more
+    assert not pool.set_health("b0", False)  # a failing check: down, still unavailable
+    assert pool.set_health("b0", True)  # a passing check ends both: queues may move
+    assert b.healthy and not b.busy and b.view.available
+    assert not pool.set_health("b0", True)  # no change, no wake
 
 
 def test_the_router_owns_the_priority_field() -> None:
