@@ -43,6 +43,7 @@ import numpy as np
 from polyserve.autoscale.capacity import typical_capacity_rps, typical_lengths
 from polyserve.engine import EngineConfig, SchedulingPolicy
 from polyserve.profile import Profile
+from polyserve.wire.vllm_args import flag_name, split_flags
 
 #: The percentile of the typical prompt lengths that the TTFT rule keeps prefilling in time.
 LONG_PROMPT_PERCENTILE = 90.0
@@ -88,15 +89,10 @@ class TierEngine:
         """``user_args`` followed by each derived flag the user did not set: the user's own
         flags win, flag by flag (``--flag value``, ``--flag=value``, vLLM's ``--flag_name``
         spelling, and ``--no-flag`` for a boolean all count as set)."""
-        given = {_flag_name(a) for a in user_args if a.startswith("--")}
+        given = {flag_name(a) for a in user_args if a.startswith("--")}
         return [
             *user_args,
-            *(
-                w
-                for f in _split_flags(self.vllm_args())
-                if _flag_name(f[0]) not in given
-                for w in f
-            ),
+            *(w for f in split_flags(self.vllm_args()) if flag_name(f[0]) not in given for w in f),
         ]
 
     def engine_config(self, profile: Profile) -> EngineConfig:
@@ -110,23 +106,6 @@ class TierEngine:
             long_prefill_token_threshold=self.long_prefill_token_threshold,
             scheduling_policy=self.scheduling_policy,
         )
-
-
-def _flag_name(arg: str) -> str:
-    """A flag's identity: ``--a_b=1`` and ``--no-a-b`` are both ``a-b``."""
-    name = arg[2:].split("=", 1)[0].replace("_", "-")
-    return name.removeprefix("no-")
-
-
-def _split_flags(args: Sequence[str]) -> list[list[str]]:
-    """Group ``[--a, 1, --b, --c, x]`` as ``[[--a, 1], [--b], [--c, x]]``."""
-    groups: list[list[str]] = []
-    for a in args:
-        if a.startswith("--") or not groups:
-            groups.append([a])
-        else:
-            groups[-1].append(a)
-    return groups
 
 
 def _blocks(tokens: int, block: int) -> int:

@@ -98,3 +98,20 @@ def test_local_actuator_starts_and_drains_engines() -> None:
             await fleet.close()
 
     precise_loop.run(main())
+
+
+def test_local_engines_run_the_tiers_derived_vllm_flags() -> None:
+    """``polyserve up`` gives each tier's engines the flags the operator derives (stock vLLM by
+    default); the ``polyserve`` engine adds dynamic chunking to the tier's step budget."""
+    from polyserve.local.up import LocalFleet
+    from polyserve.tier_engine import derive_tier_engine
+
+    stock = LocalFleet(LocalConfig())
+    for t in stock.cfg.tiers:
+        derived = derive_tier_engine(stock.profile, t.tpot_ms, t.ttft_ms, shared=True)
+        assert stock.engine_args(t.name) == tuple(derived.vllm_args())
+        assert stock.chunk_budget_ms(t.name) == 0.0
+    ours = LocalFleet(LocalConfig(engine="polyserve"))
+    args = ours.engine_args("t20")
+    assert args[:-2] == stock.engine_args("t20") and args[-2] == "--chunk-budget-ms"
+    assert 0 < float(args[-1]) < 20

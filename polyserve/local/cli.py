@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from polyserve.local.config import load_local_config
+from polyserve.local.config import LocalConfig, load_local_config
 from polyserve.local.up import READY_PREFIX, run_up
 from polyserve.options import fail, setup_logging, stop_on_signals
 from polyserve.router.settings import ConfigError
+
+ENGINE_HELP = (
+    "stock: the engines run stock vLLM's flags, derived per tier; polyserve: plus PolyServe's "
+    "dynamic chunking (an engine extension). Default: the fleet file's (stock)."
+)
 
 
 def up(
@@ -29,15 +35,20 @@ def up(
         int | None, typer.Option(help="Router port (overrides the file; 0: a free port).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",
+    engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
 ) -> None:
     """Run the whole system on this machine: mock engines per tier behind the router. Ctrl-C stops it."""
     setup_logging(log_level)
     try:
         cfg = load_local_config(config)
+        overrides = {"port": port, "engine": engine}
+        cfg = LocalConfig.model_validate(
+            {**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
     except ConfigError as e:
         fail(str(e))
-    if port is not None:
-        cfg = cfg.model_copy(update={"port": port})
+    except ValidationError as e:
+        fail(f"polyserve up: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
 
     async def main() -> None:
         stop = stop_on_signals()
@@ -53,13 +64,14 @@ def demo(
     duration: Annotated[float, typer.Option(help="Seconds of arrivals.")] = 120.0,
     requests: Annotated[int, typer.Option(help="Requests to send.")] = 1800,
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("out/demo"),
+    engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "stock",
 ) -> None:
     """Start the local fleet, replay the Azure conversation trace against it, report, stop."""
     from polyserve.loadgen.cli import load
 
     cpu0 = time.process_time()
     wall0 = time.monotonic()
-    cmd = [sys.executable, "-m", "polyserve", "up", "--port", "0"]
+    cmd = [sys.executable, "-m", "polyserve", "up", "--port", "0", "--engine", engine]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         url = _wait_ready(proc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -44,6 +44,9 @@ class LocalConfig(BaseModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     policy: str = "polyserve"
+    #: stock: the engines run stock vLLM's flags, derived per tier as the operator derives them;
+    #: polyserve: plus PolyServe's dynamic chunking to the tier's step budget (an engine extension)
+    engine: Literal["stock", "polyserve"] = "stock"
     autoscale: bool = True
     tiers: Annotated[list[LocalTier], Field(min_length=1)] = [
         LocalTier(name="t20", tpot_ms=20, ttft_ms=500, replicas=1, min=1, max=3),

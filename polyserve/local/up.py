@@ -23,6 +23,7 @@ from polyserve.router.server import Router
 from polyserve.router.settings import RouterSettings
 from polyserve.router.spec import BackendSpec, FleetSpec
 from polyserve.router.state import router_state
+from polyserve.tier_engine import derive_tier_engine
 
 log = logging.getLogger("polyserve.local")
 
@@ -65,6 +66,12 @@ class LocalFleet:
         self.announce = announce
         self.profile = load_profile(cfg.profile)
         self.model = cfg.model or self.profile.model
+        # each tier's stock vLLM flags, as the operator derives them (looser tiers' requests may
+        # run on any tier's engines, so they schedule by priority)
+        self.tier_engines = {
+            t.name: derive_tier_engine(self.profile, t.tpot_ms, t.ttft_ms, shared=True)
+            for t in cfg.tiers
+        }
         self.engines = EngineProcesses(cfg.profile)
         self.router: Router | None = None
         self.ready: set[str] = set()
@@ -79,6 +86,9 @@ class LocalFleet:
                 url=e.url,
                 model=self.model,
                 tier=e.tier,
+                priority=self.tier_engines[e.tier].scheduling_policy == "priority",
+                max_num_batched_tokens=self.tier_engines[e.tier].max_num_batched_tokens,
+                chunk_budget_ms=self.chunk_budget_ms(e.tier),
                 draining=e.name in self.draining,
             )
             for e in self.engines.running.values()
@@ -107,15 +117,22 @@ class LocalFleet:
             self._spawn(self.drain(name))
 
     def chunk_budget_ms(self, tier: str) -> float:
-        """Each engine cuts its prefill chunks to its tier's step budget (PolyServe's dynamic
-        chunking, as the simulator runs it): a long prompt never stalls the tier's decodes."""
+        """With the ``polyserve`` engine, each engine cuts its prefill chunks to its tier's step
+        budget (PolyServe's dynamic chunking, as the simulator runs it); 0 on stock vLLM."""
+        if self.cfg.engine != "polyserve":
+            return 0.0
         tpot = next(t.tpot_ms for t in self.cfg.tiers if t.name == tier)
         return round(step_budget_ms(tpot), 3)
 
+    def engine_args(self, tier: str) -> tuple[str, ...]:
+        """A tier's mock-engine flags: the derived vLLM flags, and the chunk budget if any."""
+        args = self.tier_engines[tier].vllm_args()
+        budget = self.chunk_budget_ms(tier)
+        return (*args, "--chunk-budget-ms", str(budget)) if budget else tuple(args)
+
     async def add_engine(self, tier: str) -> EngineProcess:
         self._serial += 1
-        budget = ("--chunk-budget-ms", str(self.chunk_budget_ms(tier)))
-        engine = await self.engines.start(f"{tier}-{self._serial}", tier, budget)
+        engine = await self.engines.start(f"{tier}-{self._serial}", tier, self.engine_args(tier))
         self.ready.add(engine.name)
         self.sync()
         return engine

@@ -34,6 +34,7 @@ from polyserve.operator import resources as r
 from polyserve.operator.kube import Kube, Obj
 from polyserve.operator.model import GROUP, PLURAL, VERSION, ProfileRef, SLOTierSpec
 from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
+from polyserve.wire.vllm_args import positive_int_flag
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,14 @@ def backend_of(pod: Obj, tier: TierSpec, port: int) -> BackendSpec | None:
     if address is None:
         return None
     host, port_ = address
+    words = _engine_words(pod)
     return BackendSpec(
         name=meta["name"],
         url=f"http://{host}:{port_}",
         model=tier.model,
         tier=tier.name,
-        priority=r.uses_priority_scheduling(_engine_words(pod)),
+        priority=r.uses_priority_scheduling(words),
+        max_num_batched_tokens=positive_int_flag(words, "--max-num-batched-tokens"),
         draining=r.pod_draining(pod) or bool(meta.get("deletionTimestamp")),
     )
 

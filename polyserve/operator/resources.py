@@ -23,6 +23,7 @@ from typing import Any
 from polyserve.operator.model import API_VERSION, KIND, EngineSpec, SLOTierSpec
 from polyserve.profile import Profile
 from polyserve.tier_engine import TierEngine, derive_tier_engine
+from polyserve.wire.vllm_args import flag_value, has_flag
 
 LABEL_TIER = "polyserve.io/tier"
 LABEL_MODEL = "polyserve.io/model"
@@ -94,10 +95,6 @@ def owner_reference(name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def _has_flag(args: list[str], flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in args)
-
-
 #: Every tier's servers may take looser tiers' requests (the router's lazy promotion), so every
 #: tier's engines schedule by priority unless the user's ``engine.args`` say otherwise.
 SHARED_SERVERS = True
@@ -113,9 +110,9 @@ def engine_args(spec: SLOTierSpec, derived: TierEngine) -> list[str]:
     user's win flag by flag), then ``--port`` and ``--served-model-name`` if absent (the Service,
     probe and router need the port; the router asks for the tier's model name)."""
     args = derived.args_after(spec.engine.args)
-    if not _has_flag(args, "--port"):
+    if not has_flag(args, "--port"):
         args += ["--port", str(spec.engine.port)]
-    if not _has_flag(args, "--served-model-name"):
+    if not has_flag(args, "--served-model-name"):
         args += ["--served-model-name", spec.model]
     return args
 
@@ -128,12 +125,7 @@ def derived_reasons(spec: SLOTierSpec, derived: TierEngine) -> dict[str, str]:
 
 def uses_priority_scheduling(args: list[str]) -> bool:
     """True when engine arguments select vLLM's ``--scheduling-policy priority``."""
-    for i, arg in enumerate(args):
-        if arg == "--scheduling-policy" and i + 1 < len(args) and args[i + 1] == "priority":
-            return True
-        if arg == "--scheduling-policy=priority":
-            return True
-    return False
+    return flag_value(args, "--scheduling-policy") == "priority"
 
 
 def _container(spec: SLOTierSpec, derived: TierEngine) -> dict[str, Any]:

@@ -168,7 +168,7 @@ class ModelPool:
         view = ServerView(
             name=spec.name,
             profile=profile,
-            max_batched_tokens=profile.max_num_batched_tokens,
+            max_batched_tokens=spec.max_num_batched_tokens or profile.max_num_batched_tokens,
             chunk_budget_ms=spec.chunk_budget_ms,
             tier=tier,
             pinned=tier is not None,

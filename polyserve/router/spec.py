@@ -51,6 +51,9 @@ class BackendSpec(_Spec):
     tier: str | None = None
     #: the engine runs ``--scheduling-policy priority``: the router forwards the tier as priority
     priority: bool = False
+    #: the engine's ``--max-num-batched-tokens`` (None: the profile's); the admission checks
+    #: predict its prefill chunks with it
+    max_num_batched_tokens: Annotated[int, Field(gt=0)] | None = None
     #: marked for removal: it gets no new requests and finishes what it has
     draining: bool = False
     #: the engine runs PolyServe's dynamic chunking with this step budget (0: stock vLLM's static
