@@ -2,8 +2,9 @@
 
 A request refused before any backend produced output raises :class:`Refused`; the router's
 middleware turns it into an OpenAI-shaped error (and a ``Retry-After`` when it may be retried).
-The checks here are the body's JSON, the generation schema, ``max_tokens`` and ``n``, and the
-prompt's length in tokens; :data:`UNPLACED` says how a ticket the policy never placed is answered.
+The checks here are the body's JSON, the generation schema (coerced as vLLM does), ``max_tokens``
+and ``n``, and the prompt's length in tokens; :data:`UNPLACED` says how a ticket the policy never
+placed is answered.
 """
 
 from __future__ import annotations
@@ -92,12 +93,16 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 
 
 def parse_generation(body: dict[str, Any], kind: Kind) -> proto.SamplingFields:
-    """The body as a chat or completion request, typed as in the OpenAPI document."""
+    """The body as a chat or completion request, typed as in the OpenAPI document and coerced as
+    vLLM coerces it (pydantic's lax mode: ``"max_tokens": "10"`` and ``10.0`` are 10,
+    ``"stream": 1`` is true): a client that works against vLLM works through the router. The
+    router acts on the coerced values and forwards the client's body as it came (vLLM coerces it
+    alike); its own rules (:func:`checked_max_tokens`) apply to the coerced values."""
     schema: type[BaseModel] = (
         proto.ChatCompletionRequest if kind == "chat" else proto.CompletionRequest
     )
     try:
-        parsed = schema.model_validate(body, strict=True)  # as typed in the OpenAPI document
+        parsed = schema.model_validate(body)
     except ValidationError as e:
         raise Refused(400, proto.validation_message(e), "client_error") from None
     assert isinstance(parsed, proto.SamplingFields)
