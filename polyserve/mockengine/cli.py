@@ -59,6 +59,14 @@ def mock_engine(
             help="PolyServe's dynamic chunking: cut prefill chunks so a step with decodes stays within MS (0: off, as stock vLLM)."
         ),
     ] = 0.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VLLM_API_KEY",
+            show_envvar=True,
+            help="As vLLM: /v1/* requires Authorization: Bearer KEY (401 without).",
+        ),
+    ] = None,
     startup_delay: Annotated[
         float, typer.Option(help="Seconds of 503 before ready.", rich_help_panel=_FAULTS)
     ] = 0.0,

@@ -3,13 +3,17 @@
 Routes (as vLLM's OpenAI server): ``GET /health``, ``GET|POST /ping``, ``GET /v1/models``,
 ``POST /tokenize``, ``GET /metrics``, ``POST /v1/completions``, ``POST /v1/chat/completions``.
 Every response carries ``X-Request-Id`` (the client's, or a new one). Errors are OpenAI-shaped
-JSON; an unexpected exception is logged here and answered as a 500 without a traceback.
+JSON; an unexpected exception is logged here and answered as a 500 without a traceback. With
+``--api-key`` (or ``VLLM_API_KEY``) ``/v1/*`` answers 401 without the key, as vLLM's
+AuthenticationMiddleware.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import socket
@@ -50,6 +54,18 @@ GARBAGE_METRICS = (
 
 def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=proto.dumps(obj), status=status, content_type=proto.JSON_CONTENT_TYPE)
+
+
+#: the paths vLLM's ``--api-key`` guards (serve/middleware/authenticate.py: GUARDED_PREFIX)
+GUARDED_PREFIX = ("/v1", "/v2", "/inference", "/cohere")
+
+
+def authorized(authorization: str | None, key_digest: bytes) -> bool:
+    """vLLM's check: ``Bearer <key>`` (any case of the scheme), compared as SHA-256 digests."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), key_digest)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -194,6 +210,17 @@ class EngineServer:
             if request.transport is not None:
                 request.transport.abort()
             raise web.HTTPServiceUnavailable()
+        key = self.settings.api_key
+        if (
+            key is not None
+            and request.method != "OPTIONS"
+            and request.path.startswith(GUARDED_PREFIX)
+            and not authorized(
+                request.headers.get("Authorization"),
+                hashlib.sha256(key.get_secret_value().encode()).digest(),
+            )
+        ):
+            return _json({"error": "Unauthorized"}, 401)  # vLLM's body, not OpenAI-shaped
         request_id = request.headers.get(proto.REQUEST_ID_HEADER) or proto.random_request_id()
         request[REQUEST_ID] = request_id
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from polyserve.engine import EngineConfig
 from polyserve.profile import DEFAULT_PROFILE, Profile
@@ -37,6 +37,9 @@ class MockEngineSettings(BaseModel):
     #: PolyServe's dynamic chunking (an engine extension; 0: stock vLLM's static token budget):
     #: prefill chunks are cut so that a step with decodes stays within this many ms
     chunk_budget_ms: NonNegFloat = 0.0
+    #: vLLM's ``--api-key`` (or ``VLLM_API_KEY``): ``/v1/*`` answers 401 without
+    #: ``Authorization: Bearer <key>``; ``/health`` and ``/metrics`` stay open, as in vLLM
+    api_key: SecretStr | None = None
     # fault knobs (off by default)
     startup_delay: NonNegFloat = 0.0
     crash_after_requests: Annotated[int, Field(ge=0)] | None = None

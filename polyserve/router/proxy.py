@@ -120,6 +120,8 @@ async def forward(a: Attempt) -> Result:
     backend = pool.backends[ticket.backend or ""]
     body = backend_body(a.payload, ticket.pending.tier if backend.spec.priority else None)
     headers = {"Content-Type": "application/json", proto.REQUEST_ID_HEADER: ticket.rid}
+    if backend.spec.api_key is not None:  # the client's Authorization was for the router
+        headers["Authorization"] = f"Bearer {backend.spec.api_key.get_secret_value()}"
     try:
         resp = await up.session.post(
             backend.spec.url + a.request.path,

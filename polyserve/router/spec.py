@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from polyserve.policy.dispatch import DeadlineMiss
 from polyserve.profile import DEFAULT_PROFILE
@@ -59,6 +59,9 @@ class BackendSpec(_Spec):
     #: the engine runs PolyServe's dynamic chunking with this step budget (0: stock vLLM's static
     #: token budget); the admission checks predict its prefill chunks with it
     chunk_budget_ms: Annotated[float, Field(ge=0.0, le=60_000.0, allow_inf_nan=False)] = 0.0
+    #: the engine's ``--api-key`` (vLLM's ``VLLM_API_KEY``): sent as ``Authorization: Bearer`` on
+    #: the requests the router forwards to it; a secret (masked in every dump and log)
+    api_key: SecretStr | None = None
 
 
 class FleetSpec(_Spec):

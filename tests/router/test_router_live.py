@@ -173,6 +173,41 @@ def test_keys_and_tier_entitlements(
     assert outcomes(r.url)[("t20", "ok")] == 1  # the voice key's default tier
 
 
+def test_a_backend_with_an_api_key_gets_its_key_not_the_clients(
+    start_router: Callable[..., RouterThread],
+) -> None:
+    """An engine started with ``--api-key`` answers /v1/* with 401 without it (vLLM's middleware);
+    the router sends each backend its own key in place of the client's, which is for the router;
+    its health checks and scrapes need none (vLLM guards only /v1/*)."""
+    ring = KeyRing([KeyEntry(name="c", key="client-key-1")])
+    with (
+        MockEngineThread(MockEngineSettings(port=0, profile=PROFILE, api_key="engine-key")) as e,
+        StubEngine(400) as stub,
+    ):
+        url = e.urls[0]
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+        assert raw(url, "POST", "/v1/completions", body)[0] == 401
+        assert raw(url, "GET", "/health")[0] == 200 and raw(url, "GET", "/metrics")[0] == 200
+        fleet = FleetSpec(
+            tiers=TIERS,
+            backends=[backend("e0", url, api_key="engine-key"), backend("s", stub.url, "t20")],
+        )
+        r = start_router(fleet, ring)
+        out = client(r.url, "client-key-1").completions.create(**body)
+        assert out.usage is not None and out.usage.completion_tokens == 2
+        tight = {"Authorization": "Bearer client-key-1", "x-polyserve-tier": "t20"}
+        assert raw(r.url, "POST", "/v1/completions", body, tight)[0] == 400  # the stub's answer
+        assert stub.posts == [None]  # a backend without a key gets no Authorization at all
+        wait_until(lambda: r.call(lambda rt: rt.probes.scraped_at), what="a scrape")
+        assert r.call(lambda rt: rt.pools[MODEL].backends["e0"].view.healthy)
+        state = raw(r.url, "GET", "/polyserve/v1/state")[2] + raw(r.url, "GET", "/openapi.json")[2]
+        assert b"engine-key" not in state
+        # a router that does not know the key gets the engine's 401 (the request's own answer)
+        r2 = start_router(FleetSpec(tiers=TIERS, backends=[backend("e0", url)]))
+        status, _, data = raw(r2.url, "POST", "/v1/completions", body)
+        assert (status, json.loads(data)) == (401, {"error": "Unauthorized"})
+
+
 # ------------------------------------------------------------------------------- bad input
 
 
