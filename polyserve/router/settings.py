@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -61,14 +63,19 @@ class ConfigError(ValueError):
     """A router configuration file that cannot be used; the message names the file and field."""
 
 
-def read_model_file(path: Path, model: type[M], what: str) -> M:
-    """A YAML or JSON file validated as ``model``; errors name the file and each field."""
+def read_model_file(
+    path: Path, model: type[M], what: str, prepare: Callable[[Any], Any] | None = None
+) -> M:
+    """A YAML or JSON file validated as ``model`` (after ``prepare``, which may raise
+    ConfigError); errors name the file and each field."""
     try:
         raw: Any = yaml.safe_load(path.read_text())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: the {what} is not valid YAML/JSON: {e}") from None
+    if prepare is not None:
+        raw = prepare(raw)
     try:
         return model.model_validate(raw)
     except ValidationError as e:
@@ -78,6 +85,41 @@ def read_model_file(path: Path, model: type[M], what: str) -> M:
         raise ConfigError(f"{path}: {problems}") from None
 
 
-def load_fleet(path: Path) -> FleetSpec:
-    """A fleet file: ``tiers:`` and optional static ``backends:``."""
-    return read_model_file(path, FleetSpec, "fleet file")
+def load_fleet(path: Path, environ: Mapping[str, str] = os.environ) -> FleetSpec:
+    """A fleet file: ``tiers:`` and optional static ``backends:``. A backend of an engine started
+    with ``--api-key`` names where its key is, never the key itself: ``api_key_env: VAR`` (an
+    environment variable) or ``api_key_file: PATH`` (relative to the fleet file; its text, without
+    surrounding whitespace)."""
+
+    def keys(raw: Any) -> Any:
+        backends = raw.get("backends") if isinstance(raw, dict) else None
+        if not isinstance(backends, list):
+            return raw
+        out = []
+        for i, b in enumerate(backends):
+            if isinstance(b, dict) and ("api_key_env" in b or "api_key_file" in b):
+                b = {k: v for k, v in b.items() if k not in ("api_key_env", "api_key_file")}
+                b["api_key"] = _backend_key(path, i, raw["backends"][i], environ)
+            out.append(b)
+        return {**raw, "backends": out}
+
+    return read_model_file(path, FleetSpec, "fleet file", keys)
+
+
+def _backend_key(path: Path, i: int, entry: dict[str, Any], environ: Mapping[str, str]) -> str:
+    where = f"{path}: backends.{i}"
+    if "api_key" in entry or ("api_key_env" in entry and "api_key_file" in entry):
+        raise ConfigError(f"{where}: give one of api_key_env and api_key_file")
+    if "api_key_env" in entry:
+        key = environ.get(str(entry["api_key_env"]), "").strip()
+        if not key:
+            raise ConfigError(f"{where}.api_key_env: {entry['api_key_env']} is not set")
+        return key
+    file = path.parent / str(entry["api_key_file"])
+    try:
+        key = file.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{where}.api_key_file: cannot read {file}: {e.strerror or e}") from None
+    if not key:
+        raise ConfigError(f"{where}.api_key_file: {file} is empty")
+    return key

@@ -86,6 +86,31 @@ def choose(ent: Entitlement, **headers: str) -> tuple[str, float]:
     return c.tier.name, c.ttft_ms
 
 
+def test_fleet_file_backend_keys_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    from polyserve.router.settings import load_fleet
+
+    (tmp_path / "k").write_text("file-key\n")
+    fleet = tmp_path / "fleet.yaml"
+    tiers = [{"name": "t100", "model": M, "tpot_ms": 100, "ttft_ms": 1000}]
+    backends = [
+        {"name": "a", "url": "http://a:8000", "model": M, "api_key_env": "KEY_A"},
+        {"name": "b", "url": "http://b:8000", "model": M, "api_key_file": "k"},
+        {"name": "c", "url": "http://c:8000", "model": M},
+    ]
+    fleet.write_text(json.dumps({"tiers": tiers, "backends": backends}))
+    spec = load_fleet(fleet, {"KEY_A": "env-key"})
+    keys = [b.api_key.get_secret_value() if b.api_key else None for b in spec.backends]
+    assert keys == ["env-key", "file-key", None]
+    assert "env-key" not in repr(spec) and "file-key" not in spec.model_dump_json()
+    with pytest.raises(ConfigError, match=r"backends\.0\.api_key_env: KEY_A is not set"):
+        load_fleet(fleet, {})
+    fleet.write_text(
+        json.dumps({"tiers": tiers, "backends": [backends[1] | {"api_key_file": "x"}]})
+    )
+    with pytest.raises(ConfigError, match=r"backends\.0\.api_key_file: cannot read"):
+        load_fleet(fleet, {})
+
+
 def test_tier_by_name_default_and_loosest() -> None:
     voice = ring().lookup("voice-key-123")
     assert voice is not None
