@@ -21,6 +21,12 @@ def mock_engine(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the first engine (0: free ports).")] = 8000,
     replicas: Annotated[int, typer.Option(help="Engines in this process, on port..port+N-1.")] = 1,
+    data_parallel_size: Annotated[
+        int, typer.Option(help="vLLM's DP: N engines behind each server, one engine label each.")
+    ] = 1,
+    enable_request_id_headers: Annotated[
+        bool, typer.Option(help="Answer X-Request-Id headers (vLLM's flag; off as in vLLM).")
+    ] = False,
     profile: Annotated[
         str, typer.Option(help="Shipped profile name or profile file.")
     ] = DEFAULT_PROFILE,

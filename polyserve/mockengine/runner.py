@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from array import array
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from polyserve.engine import Engine, Phase, Request, StepResult
@@ -28,6 +29,35 @@ from polyserve.mockengine.metrics import EngineMetrics
 from polyserve.mockengine.textgen import OutputPlan
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """What vLLM's DP load balancer knows of one engine."""
+
+    waiting: int
+    running: int
+    kv_usage: float  # fraction 0..1
+    in_flight: int  # requests this front end sent it that have not finished
+
+
+def dp_engine_choice(loads: Sequence[EngineLoad], start: int) -> int:
+    """The engine a new request goes to, as vLLM's ``DPLBAsyncMPClient`` picks it with one front
+    end (v1/engine/core_client.py:1762-1806): the lowest score max(in-flight, waiting +
+    running), waiting requests weighing up to 3x more as KV usage climbs past 50 %, scanned from
+    ``start`` (the caller rotates it) so that ties spread round-robin. The mock's counts are
+    live, where vLLM's come from the coordinator every 100 ms."""
+    best, best_score = 0, math.inf
+    n = len(loads)
+    for i in range(n):
+        idx = (start + i) % n
+        load = loads[idx]
+        score = float(max(load.in_flight, load.waiting + load.running))
+        if load.waiting:
+            score += load.waiting * 6.0 * max(0.0, load.kv_usage - 0.5)
+        if score < best_score:
+            best, best_score = idx, score
+    return best
 
 
 class EngineDeadError(RuntimeError):
@@ -42,6 +72,7 @@ class TokenStream:
     req: Request
     plan: OutputPlan
     arrival: float
+    max_tokens: int = 0  # the sampling limit (vllm:request_params_max_tokens)
     scheduled: float | None = None
     first_token: float | None = None
     last_token: float = 0.0
@@ -158,7 +189,9 @@ class EngineRunner:
     def in_flight(self) -> int:
         return len(self._streams)
 
-    def submit(self, prompt_tokens: int, plan: OutputPlan, priority: int = 0) -> TokenStream:
+    def submit(
+        self, prompt_tokens: int, plan: OutputPlan, priority: int = 0, max_tokens: int = 0
+    ) -> TokenStream:
         """Queue a request in the engine; raises EngineError for what vLLM refuses."""
         if self.dead:
             raise EngineDeadError("the engine is dead")
@@ -166,7 +199,7 @@ class EngineRunner:
         now = self.clock()
         req = Request(rid, prompt_tokens, plan.tokens, priority=priority, arrival=now)
         self.engine.add(req)
-        stream = TokenStream(rid, req, plan, now)
+        stream = TokenStream(rid, req, plan, now, max_tokens or plan.tokens)
         self._streams[rid] = stream
         self._unscheduled[rid] = stream
         self._wakeup.set()
@@ -189,6 +222,8 @@ class EngineRunner:
             decode=None,
             prompt_tokens=stream.req.prompt_tokens,
             generation_tokens=stream.released,
+            max_tokens=stream.max_tokens,
+            preemptions=stream.req.preemptions,
         )
         self._wakeup.set()
 
@@ -270,6 +305,10 @@ class EngineRunner:
                     break  # admitted in arrival order: the rest wait too
                 continue
             stream.scheduled = start
+            # vLLM counts a query of the prompt's tokens at a new request's admission, not at a
+            # preempted one's re-admission (v1/core/sched/scheduler.py:1508, metrics/stats.py:146);
+            # the mock caches nothing, so vllm:prefix_cache_hits stays 0
+            self.metrics.prefix_cache_queries.inc(stream.req.prompt_tokens)
             done.append(rid)
         for rid in done:
             del self._unscheduled[rid]
@@ -319,11 +358,14 @@ class EngineRunner:
                 decode=now - first,
                 prompt_tokens=req.prompt_tokens,
                 generation_tokens=s.released,
+                max_tokens=s.max_tokens,
+                preemptions=req.preemptions,
             )
         m.iteration_tokens.observe(res.tokens)
         e = self.engine
         if e.prompt_tokens_total != self._seen_prompt:
             m.prompt_tokens.inc(e.prompt_tokens_total - self._seen_prompt)
+            m.prompt_tokens_computed.inc(e.prompt_tokens_total - self._seen_prompt)
             self._seen_prompt = e.prompt_tokens_total
         if e.generation_tokens_total != self._seen_generation:
             m.generation_tokens.inc(e.generation_tokens_total - self._seen_generation)

@@ -2,10 +2,12 @@
 
 Routes (as vLLM's OpenAI server): ``GET /health``, ``GET|POST /ping``, ``GET /v1/models``,
 ``POST /tokenize``, ``GET /metrics``, ``POST /v1/completions``, ``POST /v1/chat/completions``.
-Every response carries ``X-Request-Id`` (the client's, or a new one). Errors are OpenAI-shaped
-JSON; an unexpected exception is logged here and answered as a 500 without a traceback. With
-``--api-key`` (or ``VLLM_API_KEY``) ``/v1/*`` answers 401 without the key, as vLLM's
-AuthenticationMiddleware.
+With ``--enable-request-id-headers`` every response carries ``X-Request-Id`` (the client's, or a
+new one), as vLLM's XRequestIdMiddleware (serve/middleware/register.py:38). Errors are
+OpenAI-shaped JSON; an unexpected exception is logged here and answered as a 500 without a
+traceback. With ``--api-key`` (or ``VLLM_API_KEY``) ``/v1/*`` answers 401 without the key, as vLLM's
+AuthenticationMiddleware. With ``--data-parallel-size N`` one server fronts N engines, each request going to
+the least loaded (:func:`~polyserve.mockengine.runner.dp_engine_choice`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,14 @@ from pydantic import ValidationError
 
 from polyserve.engine import Engine, EngineError
 from polyserve.mockengine import textgen
-from polyserve.mockengine.metrics import EngineMetrics
-from polyserve.mockengine.runner import EngineDeadError, EngineRunner, TokenStream
+from polyserve.mockengine.metrics import ServerMetrics
+from polyserve.mockengine.runner import (
+    EngineDeadError,
+    EngineLoad,
+    EngineRunner,
+    TokenStream,
+    dp_engine_choice,
+)
 from polyserve.mockengine.settings import MockEngineSettings
 from polyserve.profile import Profile, load_profile
 from polyserve.wire import openai as proto
@@ -38,6 +46,10 @@ log = logging.getLogger("polyserve.mockengine")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Kind = Literal["chat", "completion"]
 REQUEST_ID = web.RequestKey("request_id", str)
+#: vLLM's per-request headers (generate/base/serving.py:42 and :216-228): a priority that
+#: overrides the body's, and a data-parallel rank that pins the engine
+PRIORITY_HEADER = "X-Vllm-Priority"
+DP_RANK_HEADER = "X-data-parallel-rank"
 
 #: What ``--metrics-garbage`` serves: binary noise and lines that look like the load gauges but
 #: do not parse (no value, NaN, negative, a broken label set), and no valid sample at all.
@@ -95,15 +107,12 @@ class EngineServer:
         self.index = index
         self.config = settings.engine_config(profile)
         self.model_name = settings.served_model_name or profile.model
-        self.engine = Engine(profile, self.config, record_timeline=False)
-        self.metrics = EngineMetrics(
-            self.model_name,
-            self.config.max_model_len,
-            num_running=lambda: self.engine.num_running,
-            num_waiting=lambda: self.engine.num_waiting,
-            kv_usage=lambda: self.engine.kv_usage,
-        )
-        self.runner = EngineRunner(self.engine, self.metrics, slowdown=settings.slowdown)
+        self.metrics = ServerMetrics(self.model_name, self.config.max_model_len)
+        self.runners = [self._engine_runner(i) for i in range(settings.data_parallel_size)]
+        # engine 0, for what reads a single-engine server's state
+        self.runner = self.runners[0]
+        self.engine = self.runner.engine
+        self._dp_start = 0  # where the next least-loaded scan starts (ties rotate)
         self.port = settings.port_of(index)
         self.crashed = False
         self.dead = asyncio.Event()
@@ -115,6 +124,21 @@ class EngineServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._crash_timer: asyncio.TimerHandle | None = None
         self._closing = asyncio.Event()  # set on close: ends what --metrics-hang holds open
+
+    def _engine_runner(self, index: int) -> EngineRunner:
+        engine = Engine(self.profile, self.config, record_timeline=False)
+        metrics = self.metrics.engine(
+            str(index),
+            num_running=lambda: engine.num_running,
+            num_waiting=lambda: engine.num_waiting,
+            kv_usage=lambda: engine.kv_usage,
+        )
+        return EngineRunner(engine, metrics, slowdown=self.settings.slowdown)
+
+    @property
+    def engine_dead(self) -> bool:
+        """An engine has stopped: vLLM's server is then dead as a whole (EngineDeadError)."""
+        return any(r.dead for r in self.runners)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,7 +157,8 @@ class EngineServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ready_at = loop.time() + self.settings.startup_delay
-        self.runner.start()
+        for runner in self.runners:
+            runner.start()
         self._app_runner = web.AppRunner(
             self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
@@ -172,7 +197,8 @@ class EngineServer:
             return
         self.crashed = True
         log.warning("engine %d on port %d: crashing (%s)", self.index, self.port, why)
-        self.runner.kill()
+        for runner in self.runners:
+            runner.kill()
         if self._site is not None:
             site, self._site = self._site, None
             self._spawn(site.stop())
@@ -188,8 +214,9 @@ class EngineServer:
         if self._crash_timer is not None:
             self._crash_timer.cancel()
         self._closing.set()
-        log.info("engine %d: %s", self.index, self.runner.lateness.summary())
-        await self.runner.stop()
+        for i, runner in enumerate(self.runners):
+            log.info("engine %d.%d: %s", self.index, i, runner.lateness.summary())
+            await runner.stop()
         if self._app_runner is not None:
             await self._app_runner.cleanup()
             self._app_runner = None
@@ -221,8 +248,9 @@ class EngineServer:
             )
         ):
             return _json({"error": "Unauthorized"}, 401)  # vLLM's body, not OpenAI-shaped
-        request_id = request.headers.get(proto.REQUEST_ID_HEADER) or proto.random_request_id()
-        request[REQUEST_ID] = request_id
+        # the client's id names the response (chatcmpl-<id>) whether or not it is echoed
+        # (serve/engine/serving.py:133-142)
+        request[REQUEST_ID] = request.headers.get(proto.REQUEST_ID_HEADER) or ""
         try:
             resp = await handler(request)
         except proto.ApiError as err:
@@ -238,13 +266,19 @@ class EngineServer:
             )
             resp = _json(proto.error_payload("Internal server error", 500), 500)
         if not resp.prepared:
-            resp.headers[proto.REQUEST_ID_HEADER] = request_id
+            self._add_request_id(request, resp)
         return resp
+
+    def _add_request_id(self, request: web.Request, resp: web.StreamResponse) -> None:
+        """vLLM's middleware: the client's X-Request-Id, or a fresh uuid4 (not the response's
+        id: serve/middleware/x_request_id.py:28-33)."""
+        if self.settings.enable_request_id_headers:
+            resp.headers[proto.REQUEST_ID_HEADER] = request[REQUEST_ID] or proto.random_request_id()
 
     # ------------------------------------------------------------------ simple routes
 
     async def _health(self, request: web.Request) -> web.Response:
-        if not self.ready or self.runner.dead:
+        if not self.ready or self.engine_dead:
             return web.Response(status=503)
         return web.Response(status=200)
 
@@ -298,21 +332,25 @@ class EngineServer:
         return await self._generate(request, "chat")
 
     async def _parse(self, request: web.Request, model: type[proto.M]) -> proto.M:
+        """The body as FastAPI reads it for vLLM: a JSON media type, JSON, then the schema."""
+        if not proto.is_json_media_type(request.headers.get("Content-Type")):
+            raise proto.request_validation_error([proto.MEDIA_TYPE_MESSAGE])
         raw = await request.read()
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise proto.ApiError(f"JSON decode error: {err}") from None
-        if not isinstance(data, dict):
-            raise proto.ApiError("The request body must be a JSON object.")
+        except json.JSONDecodeError as err:
+            raise proto.json_decode_error(err) from None
+        except UnicodeDecodeError as err:
+            raise proto.json_decode_error(json.JSONDecodeError(str(err), "", 0)) from None
         try:
             return model.model_validate(data)
         except ValidationError as err:
-            raise proto.ApiError(proto.validation_message(err)) from None
+            raise proto.body_validation_error(err) from None
 
     def _check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_name:
-            raise proto.ApiError(proto.model_not_found_message(model), 404, param="model")
+        if model and model != self.model_name:
+            message = proto.model_not_found_message(model, [self.model_name])
+            raise proto.ApiError(message, 404, param="model")
 
     async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         self.requests_received += 1
@@ -325,13 +363,14 @@ class EngineServer:
             body = await self._parse(request, proto.ChatCompletionRequest)
         else:
             body = await self._parse(request, proto.CompletionRequest)
+        body.check_stream_options()
         self._check_model(body.model)
-        body.check_sampling()
         if not self.ready:
             raise proto.ApiError("The engine is starting up.", 503)
-        if self.runner.dead:
+        if self.engine_dead:
             raise proto.ApiError("The engine is dead.", 503)
 
+        text_prompt = True  # tokenized here (False: token ids)
         if isinstance(body, proto.ChatCompletionRequest):
             texts = body.message_texts()
             prompt_text = "\n".join(f"{role}: {text}" for role, text in texts)
@@ -344,35 +383,38 @@ class EngineServer:
             else:
                 prompt_text = " ".join(map(str, prompt))
                 prompt_tokens = len(prompt)
+                text_prompt = False
         max_len = self.config.max_model_len
-        max_tokens = body.requested_max_tokens()
-        if prompt_tokens >= max_len or (
-            max_tokens is not None and prompt_tokens + max_tokens > max_len
-        ):
-            raise proto.ApiError(proto.context_length_message(max_len, prompt_tokens, max_tokens))
-        if max_tokens is None:
-            max_tokens = max_len - prompt_tokens
-            if body.min_tokens > max_tokens:
-                raise proto.ApiError(
-                    f"min_tokens must be less than or equal to max_tokens={max_tokens}, "
-                    f"got {body.min_tokens}.",
-                    param="min_tokens",
-                )
-        if body.priority != 0 and self.config.scheduling_policy != "priority":
-            raise proto.ApiError(proto.priority_message(body.priority), param="priority")
+        requested = body.requested_max_tokens()
+        error = proto.context_error(
+            max_len, prompt_tokens, requested, body.max_tokens_param(), text_prompt
+        )
+        if error is not None:
+            raise error
+        default = requested if requested is not None else body.default_max_tokens
+        max_tokens = proto.clamped_max_tokens(max_len, prompt_tokens, default)
+        body.check_sampling(max_tokens)
+        # vLLM 0.33.0 hands the priority to a FCFS scheduler, whose queue ignores it
+        # (v1/core/sched/request_queue.py): no error, no effect; the header overrides the body
+        priority = _int_header(request, PRIORITY_HEADER)
+        if priority is None:
+            priority = body.priority
+        if self.config.scheduling_policy == "fcfs":
+            priority = 0  # the engine model refuses what vLLM's FCFS queue only ignores
+        runner = self._pick_runner(_int_header(request, DP_RANK_HEADER))
         seed = textgen.seed_of(prompt_text, body.seed)
         plan = textgen.plan_output(seed, max_tokens, body.min_tokens, body.ignore_eos)
         try:
-            stream = self.runner.submit(prompt_tokens, plan, body.priority)
+            stream = runner.submit(prompt_tokens, plan, priority, max_tokens)
         except EngineError as err:
             raise proto.ApiError(str(err)) from None
         except EngineDeadError:
             raise proto.ApiError("The engine is dead.", 503) from None
-        request_id = request[REQUEST_ID]
+        request_id = request[REQUEST_ID] or body.client_request_id() or proto.random_request_id()
         rid = proto.response_id(kind, request_id)
         try:
             if body.stream:
-                return await self._stream(request, kind, body, rid, request_id, seed, stream)
+                return await self._stream(request, kind, body, rid, seed, stream)
             await stream.wait_finished()
             text = textgen.full_text(seed, plan)
             build = proto.chat_response if kind == "chat" else proto.completion_response
@@ -391,7 +433,7 @@ class EngineServer:
             raise proto.ApiError("The engine stopped while serving the request.", 500) from None
         finally:
             if not stream.finished:
-                self.runner.abort(stream)
+                runner.abort(stream)
 
     async def _stream(
         self,
@@ -399,7 +441,6 @@ class EngineServer:
         kind: Kind,
         body: proto.SamplingFields,
         rid: str,
-        request_id: str,
         seed: int,
         stream: TokenStream,
     ) -> web.StreamResponse:
@@ -414,11 +455,9 @@ class EngineServer:
             body.continuous_usage,
         )
         resp = web.StreamResponse(
-            headers={
-                "Content-Type": proto.SSE_CONTENT_TYPE + "; charset=utf-8",
-                proto.REQUEST_ID_HEADER: request_id,
-            }
+            headers={"Content-Type": proto.SSE_CONTENT_TYPE + "; charset=utf-8"}
         )
+        self._add_request_id(request, resp)
         await resp.prepare(request)
         include_usage = body.include_usage
         token_text = textgen.token_text
@@ -446,6 +485,36 @@ class EngineServer:
         except ConnectionResetError:
             pass  # the client went away; the caller aborts the request
         return resp
+
+    def _pick_runner(self, rank: int | None) -> EngineRunner:
+        """The engine of a request: the rank a header pins, else the least loaded (as vLLM's
+        DP load balancer scores engines); raises a 400 for a rank out of range."""
+        n = len(self.runners)
+        if rank is not None:
+            if not 0 <= rank < n:
+                # v1/engine/input_processor.py:392-400
+                raise proto.vllm_error(f"data_parallel_rank {rank} is out of range [0, {n}).")
+            return self.runners[rank]
+        if n == 1:
+            return self.runner
+        loads = [
+            EngineLoad(r.engine.num_waiting, r.engine.num_running, r.engine.kv_usage, r.in_flight)
+            for r in self.runners
+        ]
+        index = dp_engine_choice(loads, self._dp_start)
+        self._dp_start = (self._dp_start + 1) % n
+        return self.runners[index]
+
+
+def _int_header(request: web.Request, name: str) -> int | None:
+    """An integer header; absent or not an integer: None (vLLM then ignores it)."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 class MockFleet:

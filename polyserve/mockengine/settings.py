@@ -21,6 +21,11 @@ class MockEngineSettings(BaseModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000  # 0: each engine picks a free port
     replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    #: vLLM's ``--data-parallel-size``: N engines behind one server (one port), each with its
+    #: own KV cache and step loop, exported as ``engine="0"``..``"N-1"``
+    data_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    #: vLLM's ``--enable-request-id-headers``: answer ``X-Request-Id`` (off by default, as there)
+    enable_request_id_headers: bool = False
     profile: str = DEFAULT_PROFILE
     #: vLLM's ``--model``: the mock has no weights (its timing is ``profile``); it names the
     #: served model when ``served_model_name`` is absent, as in vLLM

@@ -37,6 +37,8 @@ def fast_profile(**kw: Any) -> Profile:
 
 
 MODEL = fast_profile().model
+#: vLLM answers a generation request without this header with a 400 (validate_json_request)
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture

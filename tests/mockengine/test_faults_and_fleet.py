@@ -19,7 +19,16 @@ from polyserve.cli import app
 from polyserve.mockengine import MockEngineSettings, MockEngineThread
 from polyserve.mockengine.testing import free_port_run
 from polyserve.wire.vllm_metrics import parse_engine_load
-from tests.mockengine.conftest import MODEL, STEP_MS, client, fast_profile, metric, raw, wait_until
+from tests.mockengine.conftest import (
+    JSON,
+    MODEL,
+    STEP_MS,
+    client,
+    fast_profile,
+    metric,
+    raw,
+    wait_until,
+)
 
 
 def _refused(url: str) -> bool:
@@ -189,6 +198,7 @@ def test_http_client_disconnect_before_first_token(
         "POST",
         "/v1/completions",
         body=json.dumps({"prompt": "x", "max_tokens": 1500, "ignore_eos": True}),
+        headers=JSON,
     )
     wait_until(lambda: metric(url, "vllm:num_requests_running") == 1, what="running")
     conn.close()

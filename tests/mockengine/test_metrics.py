@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from polyserve.mockengine import MockEngineThread
 from polyserve.mockengine import metrics as m
-from tests.mockengine.conftest import MODEL, client, metric, raw, wait_until
+from tests.mockengine.conftest import JSON, MODEL, client, metric, raw, wait_until
 
 EXPECTED = {
     "vllm:num_requests_running": "gauge",
@@ -32,6 +32,30 @@ EXPECTED = {
     "vllm:iteration_tokens_total": "histogram",
     "vllm:request_prompt_tokens": "histogram",
     "vllm:request_generation_tokens": "histogram",
+    "vllm:num_requests_waiting_by_reason": "gauge",
+    "vllm:engine_sleep_state": "gauge",
+    "vllm:prefix_cache_queries": "counter",
+    "vllm:prefix_cache_hits": "counter",
+    "vllm:external_prefix_cache_queries": "counter",
+    "vllm:external_prefix_cache_hits": "counter",
+    "vllm:mm_cache_queries": "counter",
+    "vllm:mm_cache_hits": "counter",
+    "vllm:prompt_tokens_by_source": "counter",
+    "vllm:prompt_tokens_cached": "counter",
+    "vllm:prompt_tokens_cached_by_source": "counter",
+    "vllm:request_max_num_generation_tokens": "histogram",
+    "vllm:request_params_n": "histogram",
+    "vllm:request_params_max_tokens": "histogram",
+    "vllm:request_num_preemptions": "histogram",
+    "vllm:request_prefill_kv_computed_tokens": "histogram",
+}
+#: label names beyond (model_name, engine), per family (vllm/v1/metrics/loggers.py:547-808)
+EXTRA_LABELS = {
+    "vllm:request_success": {"finished_reason"},
+    "vllm:num_requests_waiting_by_reason": {"reason"},
+    "vllm:engine_sleep_state": {"sleep_state"},
+    "vllm:prompt_tokens_by_source": {"source"},
+    "vllm:prompt_tokens_cached_by_source": {"source"},
 }
 
 
@@ -46,9 +70,9 @@ def test_names_types_labels_buckets(start_mock: Callable[..., MockEngineThread])
         for s in families[name].samples:
             if s.name.endswith("_created"):
                 continue
-            extra = set(s.labels) - {"model_name", "engine"}
+            extra = set(s.labels) - {"model_name", "engine", "le"}
             assert s.labels["model_name"] == MODEL and s.labels["engine"] == "0"
-            assert extra <= {"le", "finished_reason"}
+            assert extra == EXTRA_LABELS.get(name, set()), name
     text = body.decode()
     assert "vllm:num_preemptions_total{" in text and "vllm:iteration_tokens_total_bucket{" in text
     reasons = {
@@ -56,7 +80,15 @@ def test_names_types_labels_buckets(start_mock: Callable[..., MockEngineThread])
         for s in families["vllm:request_success"].samples
         if s.name.endswith("_total")
     }
-    assert reasons == {"stop", "length", "abort"}
+    # every FinishReason is a label value from the start (v1/engine/__init__.py:63-67)
+    assert reasons == {"stop", "length", "abort", "error", "repetition"}
+    # the frontend's admission counter has no engine label (loggers.py:847-858)
+    rejections = families["vllm:admission_rejections"].samples
+    assert {s.labels["reason"] for s in rejections if s.name.endswith("_total")} == {
+        "max_num_queued_reqs",
+        "max_num_queued_tokens",
+    }
+    assert all(set(s.labels) == {"model_name", "reason"} for s in rejections)
 
     def buckets(fam: str) -> list[float]:
         return [
@@ -110,7 +142,7 @@ def test_aborted_stream_frees_its_kv(start_mock: Callable[..., MockEngineThread]
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10.0)
     body = {"prompt": "word " * 500, "max_tokens": 1500, "ignore_eos": True, "stream": True}
-    conn.request("POST", "/v1/completions", body=json.dumps(body))
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers=JSON)
     resp = conn.getresponse()
     assert resp.status == 200
     for _ in range(3):  # a few tokens arrive: the request holds KV
@@ -138,7 +170,7 @@ def test_waiting_requests_show_in_gauges(start_mock: Callable[..., MockEngineThr
     for i in range(3):
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10.0)
         body = {"prompt": f"p{i}", "max_tokens": 1000, "ignore_eos": True, "stream": True}
-        conn.request("POST", "/v1/completions", body=json.dumps(body))
+        conn.request("POST", "/v1/completions", body=json.dumps(body), headers=JSON)
         conns.append(conn)
     try:
         wait_until(

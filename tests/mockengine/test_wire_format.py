@@ -49,11 +49,26 @@ def test_fast_content_chunk_equals_the_built_one() -> None:
         fast = enc.token(' "wörd"', 1)
         built = proto.sse_event(enc.chunk([enc._choice(' "wörd"', None)]))
         assert fast == built
-        if kind == "chat":
-            assert "stop_reason" not in json.loads(fast[6:])["choices"][0]
-        else:
-            assert json.loads(fast[6:])["usage"] is None
+        # vLLM's exclude_unset dumps (chat_completion/serving.py:499, completion/serving.py:486)
+        content = json.loads(fast[6:])
+        assert "usage" not in content and content["kv_transfer_params"] is None
         final = json.loads(enc.final(" x", "length", 3)[6:])
+        if kind == "chat":
+            assert set(content["choices"][0]) == {
+                "index", "delta", "logprobs", "finish_reason", "token_ids"
+            }  # fmt: skip
+            assert set(final["choices"][0]) == {
+                "index", "delta", "logprobs", "finish_reason", "stop_reason", "token_ids",
+                "weight_versions",
+            }  # fmt: skip
+            role = json.loads(enc.role()[6:])
+            assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+            assert role["prompt_token_ids"] is None and "kv_transfer_params" not in role
+        else:
+            assert set(content["choices"][0]) == set(final["choices"][0]) == {
+                "index", "text", "logprobs", "finish_reason", "stop_reason", "prompt_token_ids",
+                "token_ids", "weight_versions",
+            }  # fmt: skip
         assert final["choices"][0]["finish_reason"] == "length"
         assert final["choices"][0]["stop_reason"] is None
         assert json.loads(enc.usage(3)[6:])["usage"] == {
@@ -76,6 +91,13 @@ def test_error_shapes_and_messages() -> None:
     assert proto.error_payload("m", 404) == {
         "error": {"message": "m", "type": "NotFoundError", "param": None, "code": 404}
     }
-    assert "maximum context length is 100 tokens" in proto.context_length_message(100, 150, None)
-    assert "(60 > 100 - 50)" in proto.context_length_message(100, 50, 60)
+    assert proto.context_error(100, 50, 60) is None  # clamped, not refused
+    assert proto.clamped_max_tokens(100, 50, 60) == 50
+    assert proto.clamped_max_tokens(100, 50, None) == 50
+    too_long = proto.context_error(100, 150, None, text_prompt=False)
+    assert too_long is not None and too_long.param == "input_tokens"
+    assert "contains 150 input tokens" in too_long.message
+    over = proto.context_error(100, 5, 101, "max_completion_tokens")
+    assert over is not None and over.param == "max_completion_tokens"
+    assert over.message.startswith("max_completion_tokens=101 cannot be greater than")
     assert buckets_1_2_5(1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]

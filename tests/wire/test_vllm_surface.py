@@ -34,23 +34,6 @@ ENGINE_METRICS = {n: m for n, m in METRICS.items() if m["scope"] == "engine"}
 EXPECTED_MISSING: frozenset[str] = frozenset(
     {
         # always created by vLLM's PrometheusStatLogger (vllm/v1/metrics/loggers.py)
-        "vllm:num_requests_waiting_by_reason",
-        "vllm:engine_sleep_state",
-        "vllm:prefix_cache_queries",
-        "vllm:prefix_cache_hits",
-        "vllm:external_prefix_cache_queries",
-        "vllm:external_prefix_cache_hits",
-        "vllm:mm_cache_queries",
-        "vllm:mm_cache_hits",
-        "vllm:prompt_tokens_by_source",
-        "vllm:prompt_tokens_cached",
-        "vllm:prompt_tokens_cached_by_source",
-        "vllm:admission_rejections",
-        "vllm:request_max_num_generation_tokens",
-        "vllm:request_params_n",
-        "vllm:request_params_max_tokens",
-        "vllm:request_num_preemptions",
-        "vllm:request_prefill_kv_computed_tokens",
         "vllm:cache_config_info",  # log_metrics_info("cache_config", ...), labels from CacheConfig
         # created only behind options the mock does not model (see each entry's created_when)
         "vllm:num_requests_kv_fetch_by_stage",
