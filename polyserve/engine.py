@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
+from polyserve.chunking import dynamic_chunk, slack_aware_budget_ms
 from polyserve.profile import Profile
 from polyserve.slo import token_deadline
 
@@ -457,12 +458,12 @@ class Engine:
         threshold = cfg.long_prefill_token_threshold
         decode_ctx = self._dec_c_sum + n_decode * (s + 1)
         scheduled = pairs = 0
-        chunk_budget = cfg.chunk_budget_ms
-        if chunk_budget and n_decode and cfg.slack_share:
-            self.last_slack_ms = self.decode_slack_ms(now)
-            chunk_budget = max(chunk_budget, self.last_slack_ms * cfg.slack_share)
-        else:
-            self.last_slack_ms = 0.0
+        # the slack is only worth finding when slack-aware chunking can use it
+        use_slack = cfg.chunk_budget_ms and n_decode and cfg.slack_share
+        self.last_slack_ms = self.decode_slack_ms(now) if use_slack else 0.0
+        chunk_budget = slack_aware_budget_ms(
+            cfg.chunk_budget_ms, cfg.slack_share, self.last_slack_ms
+        )
 
         chunks: list[tuple[Request, int]] = []
 
@@ -474,11 +475,17 @@ class Engine:
             chunk = min(req.prefill_target - req.computed, budget)
             if threshold:
                 chunk = min(chunk, threshold)
-            if chunk_budget and n_decode and chunk > bs:
-                fit = self.profile.max_prefill_chunk(
-                    chunk_budget, n_decode, decode_ctx, req.computed, chunk, scheduled, pairs
-                )
-                chunk = max(fit, bs)
+            chunk = dynamic_chunk(
+                self.profile,
+                chunk_budget,
+                n_decode,
+                decode_ctx,
+                req.computed,
+                chunk,
+                bs,
+                scheduled,
+                pairs,
+            )
             return chunk, _ceil_div(req.computed + chunk, bs) - req.blocks
 
         def take(req: Request, chunk: int, need: int) -> None:
