@@ -48,6 +48,7 @@ from polyserve.router.requests import (
 from polyserve.router.settings import RouterSettings
 from polyserve.router.spec import FleetSpec, TierSpec
 from polyserve.router.state import router_state
+from polyserve.slo import SLOError, Tier, TierSet
 from polyserve.wire import openai as proto
 
 log = logging.getLogger("polyserve.router")
@@ -96,7 +97,8 @@ class Router:
     def apply_fleet(self, spec: FleetSpec) -> None:
         """Reconcile to a discovery snapshot (tiers and backends); answers what can no longer wait.
 
-        A tier naming a profile that cannot be loaded raises ProfileError before anything changes.
+        A tier naming a profile that cannot be loaded raises ProfileError, and a model's tiers that
+        are no tier set (two of one TPOT) SLOError, before anything changes.
         """
         for t in spec.tiers:
             load_profile(t.profile)
@@ -104,6 +106,8 @@ class Router:
         by_model: dict[str, list[TierSpec]] = {}
         for t in spec.tiers:
             by_model.setdefault(t.model, []).append(t)
+        for tiers in by_model.values():
+            TierSet(Tier(t.name, t.tpot_ms, t.ttft_ms) for t in tiers)
         for model, tiers in by_model.items():
             backends = [b for b in spec.backends if b.model == model]
             pool = self.pools.get(model)
@@ -306,6 +310,8 @@ class Router:
             raise Refused(400, proto.validation_message(e), "") from None
         except ProfileError as e:
             raise Refused(400, str(e), "", "profile") from None
+        except SLOError as e:
+            raise Refused(400, str(e), "", "tiers") from None
         return json_response(
             {"status": "ok", "tiers": len(spec.tiers), "backends": len(spec.backends)}
         )

@@ -483,6 +483,13 @@ def test_admin_api_replaces_the_fleet_only_with_the_admin_token(
         r.url, "PUT", "/polyserve/v1/fleet", bad, {"Authorization": f"Bearer {token}"}
     )
     assert status == 400 and "tpot_ms" in json.loads(data)["error"]["message"]
+    twins = {"tiers": [t.model_dump(mode="json") | {"tpot_ms": 50} for t in TIERS]}
+    status, _, data = raw(
+        r.url, "PUT", "/polyserve/v1/fleet", twins, {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 400 and "distinct" in json.loads(data)["error"]["message"]  # not a 500
+    tpots = r.call(lambda rt: [t.tpot_ms for t in rt.pools[MODEL].tier_specs])
+    assert tpots == [t.tpot_ms for t in TIERS]  # and nothing changed
     status, _, _ = raw(
         r.url, "PUT", "/polyserve/v1/fleet", body, {"Authorization": f"Bearer {token}"}
     )
