@@ -2,9 +2,9 @@
 
 Free of server code: the router, the mock engine and the load client share it.
 :class:`SSEDecoder` splits a byte stream into ``data:`` payloads, :func:`parse_sse_payload` reads
-one chunk, and the builders here write what vLLM's OpenAI server writes: compact JSON, one event per token with
-the fields vLLM's constructors set (:class:`StreamEncoder`); the optional usage chunk with
-``"choices": []``; then ``data: [DONE]``.
+one chunk, and the builders here write what vLLM's OpenAI server writes: compact JSON, one event
+per token with the fields vLLM's constructors set (:class:`StreamEncoder`); the optional usage
+chunk with ``"choices": []``; then ``data: [DONE]``.
 """
 
 from __future__ import annotations

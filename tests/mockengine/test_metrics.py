@@ -208,3 +208,74 @@ def test_no_state_left_behind(start_mock: Callable[..., MockEngineThread]) -> No
         )
 
     assert fleet.call(leftovers) == (0, 0, 0, 0, 0, 0)
+
+
+def test_new_metrics_follow_the_requests(start_mock: Callable[..., MockEngineThread]) -> None:
+    """Counted as vLLM counts them: prefix-cache queries are the prompt tokens of admitted new
+    requests (v1/core/sched/scheduler.py:1508, v1/metrics/stats.py:146), with no hit; the
+    waiting-by-reason gauges sum to num_requests_waiting (loggers.py:547-566); the request
+    histograms get one sample per finished request (loggers.py:1290-1330)."""
+    url = start_mock().urls[0]
+    c = client(url)
+    for _ in range(2):
+        c.completions.create(
+            model=MODEL, prompt="a b c", max_tokens=5, extra_body={"ignore_eos": True}
+        )
+    assert metric(url, "vllm:prefix_cache_queries_total") == 8  # 2 x (BOS + 3)
+    assert metric(url, "vllm:prefix_cache_hits_total") == 0
+    assert metric(url, "vllm:prompt_tokens_by_source_total", source="local_compute") == 8
+    assert metric(url, "vllm:prompt_tokens_by_source_total", source="local_cache_hit") == 0
+    assert metric(url, "vllm:request_params_max_tokens_sum") == 10
+    assert metric(url, "vllm:request_params_n_count") == 2
+    assert metric(url, "vllm:request_num_preemptions_sum") == 0
+    assert metric(url, "vllm:request_prefill_kv_computed_tokens_sum") == 8
+    assert metric(url, "vllm:engine_sleep_state", sleep_state="awake") == 1
+    assert metric(url, "vllm:num_requests_waiting_by_reason", reason="capacity") == 0
+
+
+def test_data_parallel_engines_behind_one_server(
+    start_mock: Callable[..., MockEngineThread],
+) -> None:
+    """--data-parallel-size 2: one port, two engines labelled engine="0" and "1"; concurrent
+    requests spread by vLLM's least-loaded score (v1/engine/core_client.py:1762-1806);
+    X-data-parallel-rank pins one (generate/base/serving.py:216), out of range is a 400
+    (v1/engine/input_processor.py:392-400)."""
+    fleet = start_mock(data_parallel_size=2)
+    url = fleet.urls[0]
+    parts = urlsplit(url)
+    conns = []
+    for i in range(2):  # both in flight at once: the second goes to the idle engine
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10.0)
+        body = {"prompt": f"p{i}", "max_tokens": 40, "ignore_eos": True, "stream": True}
+        conn.request("POST", "/v1/completions", body=json.dumps(body), headers=JSON)
+        conns.append(conn)
+        wait_until(
+            lambda n=i + 1: (
+                fleet.call(lambda: sum(r.in_flight for r in fleet.servers[0].runners)) == n
+            )
+        )
+    for conn in conns:
+        assert conn.getresponse().read().endswith(b"data: [DONE]\n\n")
+        conn.close()
+    for engine in ("0", "1"):
+        assert (
+            metric(url, "vllm:request_success_total", engine=engine, finished_reason="length") == 1
+        )
+    pinned = {"prompt": "x", "max_tokens": 1}
+    assert raw(url, "POST", "/v1/completions", pinned, {"X-data-parallel-rank": "1"})[0] == 200
+    assert metric(url, "vllm:request_success_total", engine="1", finished_reason="length") == 2
+    status, _, data = raw(url, "POST", "/v1/completions", pinned, {"X-data-parallel-rank": "2"})
+    assert status == 400
+    assert json.loads(data)["error"]["message"] == "data_parallel_rank 2 is out of range [0, 2)."
+
+
+def test_dp_engine_choice_scores_like_vllm() -> None:
+    from polyserve.mockengine.runner import EngineLoad, dp_engine_choice
+
+    idle, busy = EngineLoad(0, 0, 0.0, 0), EngineLoad(0, 3, 0.2, 3)
+    assert dp_engine_choice([busy, idle], 0) == 1
+    assert dp_engine_choice([idle, idle, idle], 2) == 2  # ties: the scan's start wins
+    # one waiting request on a full KV cache weighs 1 + 3: more than three running ones
+    queued = EngineLoad(1, 0, 1.0, 1)
+    assert dp_engine_choice([queued, busy], 0) == 1
+    assert dp_engine_choice([EngineLoad(1, 0, 0.5, 1), busy], 0) == 0  # no penalty at <= 50 %
