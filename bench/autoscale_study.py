@@ -16,7 +16,9 @@ that reaches the attainment goal is reported (its best attainment if none does):
 - per-tier HPA on static partitions (least-outstanding inside each tier);
 
 and, as a reference that no scaler can match, a clairvoyant tracker that sizes the pool for the
-coming minute's fluid demand times a margin, with no start-up (``clairvoyant.py``).
+coming minute's fluid demand times a margin, with no start-up (``clairvoyant.py``). Every run is
+made on stock vLLM (each tier's derived flags; a pool server the tightest tier's) and on PolyServe's
+engine extensions (``--engine``, both by default).
 
     .venv/bin/python bench/autoscale_study.py            # both traces, whole hour (~25 min)
     .venv/bin/python bench/autoscale_study.py --quick    # 10 min of the conversation trace
@@ -47,6 +49,7 @@ from polyserve.autoscale.replay import (
 )
 from polyserve.autoscale.settings import AutoscaleSettings
 from polyserve.profile import load_profile
+from polyserve.sim.study import ENGINE_MODES, EngineMode
 from polyserve.sim.workload import TRACES, SLOAssigner, read_azure, superpose
 from polyserve.slo import PAPER_TIERS
 
@@ -98,7 +101,12 @@ STATIC_RANGE = (0.85, 1.3)
 
 
 def build_replay(
-    workload: str, copies: int, minutes: float | None, startup_s: float, jitter_s: float = 5.0
+    workload: str,
+    copies: int,
+    minutes: float | None,
+    startup_s: float,
+    jitter_s: float = 5.0,
+    engine: EngineMode = "polyserve",
 ) -> Replay:
     prof = load_profile(PROFILE)
     shapes = read_azure(TRACES[workload])
@@ -106,17 +114,22 @@ def build_replay(
         shapes = [s for s in shapes if s.time < minutes * 60]
     shapes = superpose(shapes, copies, jitter_s, seed=1)
     arrivals = SLOAssigner(PAPER_TIERS, prof).assign(shapes, seed=1)
-    return Replay(prof, PAPER_TIERS, arrivals, startup_s)
+    return Replay(prof, PAPER_TIERS, arrivals, startup_s, engine)
 
 
 _REPLAY: Replay | None = None
 
 
 def _init(
-    workload: str, copies: int, minutes: float | None, startup_s: float, jitter_s: float
+    workload: str,
+    copies: int,
+    minutes: float | None,
+    startup_s: float,
+    jitter_s: float,
+    engine: EngineMode,
 ) -> None:
     global _REPLAY
-    _REPLAY = build_replay(workload, copies, minutes, startup_s, jitter_s)
+    _REPLAY = build_replay(workload, copies, minutes, startup_s, jitter_s, engine)
 
 
 def run_job(job: Job) -> tuple[Job, ReplayResult]:
@@ -200,11 +213,13 @@ def study(
     out: Path,
     kinds: set[str] | None = None,
     jitter_s: float = 5.0,
+    engine: EngineMode = "polyserve",
 ) -> dict[str, object]:
-    replay = build_replay(workload, copies, minutes, startup_s, jitter_s)
+    replay = build_replay(workload, copies, minutes, startup_s, jitter_s, engine)
     jobs = [j for j in jobs_for(replay) if kinds is None or j.kind in kinds]
+    on = "stock vLLM" if engine == "stock" else "PolyServe's engine extensions"
     console.print(
-        f"\n[bold]{workload}[/bold]: {len(replay.arrivals):,} requests "
+        f"\n[bold]{workload}[/bold] on {on}: {len(replay.arrivals):,} requests "
         f"({copies} copies jittered by {jitter_s:g} s, "
         f"{'whole trace' if minutes is None else f'{minutes:g} min'}), "
         f"start-up {startup_s:g} s, fluid peak {replay.peak_servers():.1f} servers; {len(jobs)} runs",
@@ -215,7 +230,9 @@ def study(
     with (
         Progress(console=console, transient=True) as bar,
         ProcessPoolExecutor(
-            jobs_n, initializer=_init, initargs=(workload, copies, minutes, startup_s, jitter_s)
+            jobs_n,
+            initializer=_init,
+            initargs=(workload, copies, minutes, startup_s, jitter_s, engine),
         ) as pool,
     ):
         task = bar.add_task(workload, total=len(jobs))
@@ -272,12 +289,13 @@ def study(
             [r for r in chosen.values() if r.attainment >= goal],
             PAPER_TIERS,
             f"{workload}: replicas per tier (stacked) vs load, start-up {startup_s:g} s",
-            out / f"replicas_{workload}.png",
+            out / f"replicas_{workload}_{engine}.png",
         )
         console.print(f"wrote {plot}", highlight=False)
         reasons = {f"{t}/{r}": n for (t, r), n in sorted((mine.reasons or {}).items())}
     return {
         "workload": workload,
+        "engine": engine,
         "requests": len(replay.arrivals),
         "copies": copies,
         "minutes": minutes,
@@ -303,6 +321,12 @@ def main() -> None:
         "average out over the copies)",
     )
     ap.add_argument("--goal", type=float, default=0.99, help="attainment goal")
+    ap.add_argument(
+        "--engine",
+        choices=[*ENGINE_MODES, "both"],
+        default="both",
+        help="stock vLLM (each tier's derived flags), PolyServe's engine extensions, or both",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="simulations in parallel")
     ap.add_argument("--out", type=Path, default=Path("out/autoscale"))
     ap.add_argument(
@@ -317,9 +341,13 @@ def main() -> None:
     if args.quick:
         workloads, minutes, copies = ["azure-conv"], 10.0, 8
     kinds = set(args.only.split(",")) if args.only else None
+    engines = [m for m in ENGINE_MODES if args.engine in (m, "both")]
     summaries = [
-        study(w, copies, minutes, args.startup, args.goal, args.jobs, args.out, kinds, args.jitter)
+        study(
+            w, copies, minutes, args.startup, args.goal, args.jobs, args.out, kinds, args.jitter, e
+        )
         for w in workloads
+        for e in engines
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))

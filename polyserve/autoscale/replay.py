@@ -22,7 +22,7 @@ from polyserve.policy import make_policy
 from polyserve.profile import Profile
 from polyserve.sim.fleet import FleetSim, Scaler, SimResult
 from polyserve.sim.optimal import fluid_bound
-from polyserve.sim.study import sim_config
+from polyserve.sim.study import EngineMode, sim_config
 from polyserve.sim.workload import Arrival
 from polyserve.slo import TierSet
 
@@ -37,6 +37,9 @@ class Replay:
     tiers: TierSet
     arrivals: Sequence[Arrival]
     startup_s: float = 60.0
+    #: the engines: PolyServe's extensions, or stock vLLM with each tier's derived flags (a
+    #: server started for a tier runs its tier's; a pool server the tightest tier's)
+    engine: EngineMode = "polyserve"
 
     def capacities(self) -> tuple[float, ...]:
         """Per-server req/s of each tier at its TPOT (fluid, from the workload's lengths)."""
@@ -96,7 +99,7 @@ def _run(
     scaler_of: Callable[[FleetSim], tuple[Scaler, VirtualActuator]],
     progress: Progress | None,
 ) -> tuple[SimResult, Scaler]:
-    cfg = sim_config(replay.profile, replay.tiers, 0, policy_name)
+    cfg = sim_config(replay.profile, replay.tiers, 0, policy_name, replay.engine)
     sim = FleetSim(cfg, make_policy(policy_name, shares=[1.0] * len(replay.tiers)))
     scaler, _ = scaler_of(sim)
     sim.scaler = scaler
