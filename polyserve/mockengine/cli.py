@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -13,6 +14,8 @@ from polyserve import precise_loop
 from polyserve.mockengine.settings import MockEngineSettings
 from polyserve.options import fail, invalid_options, setup_logging, stop_on_signals
 from polyserve.profile import DEFAULT_PROFILE
+from polyserve.vllm import ENV_PROFILE, SCHEDULER_CLS
+from polyserve.vllm.budget import PluginConfigError, chunk_settings_from_env
 
 _FAULTS = "Fault injection (tests)"
 
@@ -28,7 +31,10 @@ def mock_engine(
         bool, typer.Option(help="Answer X-Request-Id headers (vLLM's flag; off as in vLLM).")
     ] = False,
     profile: Annotated[
-        str, typer.Option(help="Shipped profile name or profile file.")
+        str,
+        typer.Option(
+            envvar=ENV_PROFILE, show_envvar=True, help="Shipped profile name or profile file."
+        ),
     ] = DEFAULT_PROFILE,
     model: Annotated[
         str | None,
@@ -65,6 +71,12 @@ def mock_engine(
             help="PolyServe's dynamic chunking: cut prefill chunks so a step with decodes stays within MS (0: off, as stock vLLM)."
         ),
     ] = 0.0,
+    scheduler_cls: Annotated[
+        str | None,
+        typer.Option(
+            help=f"vLLM's flag; only PolyServe's plugin ({SCHEDULER_CLS}, or its Sync twin) is modelled: dynamic chunking from POLYSERVE_CHUNK_BUDGET_MS and POLYSERVE_SLACK_SHARE, timed and cut with --profile."
+        ),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -107,6 +119,8 @@ def mock_engine(
         settings = settings_from_options(options)
     except ValidationError as exc:
         invalid_options(exc)
+    except PluginConfigError as exc:
+        fail(str(exc))
     setup_logging(log_level)
     from polyserve.profile import ProfileError
 
@@ -117,18 +131,32 @@ def mock_engine(
     raise typer.Exit(code)
 
 
-def settings_from_options(options: dict[str, Any]) -> MockEngineSettings:
-    """The settings from the command's options (all of them but ``log_level``)."""
-    return MockEngineSettings(**{k: v for k, v in options.items() if k != "log_level"})
+def settings_from_options(
+    options: dict[str, Any], env: Mapping[str, str] | None = None
+) -> MockEngineSettings:
+    """The settings from the command's options (all of them but ``log_level``); with
+    ``--scheduler-cls``, the chunk budget and slack share come from the scheduler plugin's
+    variables in ``env`` (default: this process's), as in vLLM with the plugin."""
+    fields = {k: v for k, v in options.items() if k != "log_level"}
+    if fields.get("scheduler_cls") is not None:
+        if fields.get("chunk_budget_ms"):
+            raise PluginConfigError(
+                "--chunk-budget-ms and --scheduler-cls both set the chunk budget: give one "
+                "(with --scheduler-cls, POLYSERVE_CHUNK_BUDGET_MS)"
+            )
+        budget, share = chunk_settings_from_env(os.environ if env is None else env)
+        fields |= {"chunk_budget_ms": budget, "slack_share": share}
+    return MockEngineSettings(**fields)
 
 
-def parse_args(argv: Sequence[str]) -> MockEngineSettings:
+def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> MockEngineSettings:
     """The settings ``polyserve mock-engine ARGV`` runs with, parsed as the command line is
-    (raises click's UsageError for an unknown flag, ValidationError for a refused value)."""
+    (raises click's UsageError for an unknown flag, ValidationError for a refused value,
+    PluginConfigError for a bad scheduler-plugin variable in ``env``)."""
     app = typer.Typer()
     app.command()(mock_engine)
     ctx = typer.main.get_command(app).make_context("mock-engine", list(argv))
-    return settings_from_options(ctx.params)
+    return settings_from_options(ctx.params, env)
 
 
 async def _main(settings: MockEngineSettings) -> int:

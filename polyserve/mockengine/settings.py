@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from polyserve.engine import EngineConfig
+from polyserve.engine import SLACK_SHARE, EngineConfig
 from polyserve.profile import DEFAULT_PROFILE, Profile
+from polyserve.vllm import SCHEDULER_CLASSES
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
@@ -42,6 +43,10 @@ class MockEngineSettings(BaseModel):
     #: PolyServe's dynamic chunking (an engine extension; 0: stock vLLM's static token budget):
     #: prefill chunks are cut so that a step with decodes stays within this many ms
     chunk_budget_ms: NonNegFloat = 0.0
+    #: vLLM's ``--scheduler-cls``: only PolyServe's plugin (``polyserve.vllm.SCHEDULER_CLASSES``)
+    #: is modelled; the CLI then takes ``chunk_budget_ms``/``slack_share`` from its variables
+    scheduler_cls: str | None = None
+    slack_share: Annotated[float, Field(ge=0.0, lt=1.0)] = SLACK_SHARE
     #: vLLM's ``--api-key`` (or ``VLLM_API_KEY``): ``/v1/*`` answers 401 without
     #: ``Authorization: Bearer <key>``; ``/health`` and ``/metrics`` stay open, as in vLLM
     api_key: SecretStr | None = None
@@ -73,6 +78,17 @@ class MockEngineSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _scheduler_modelled(self) -> MockEngineSettings:
+        if self.scheduler_cls is not None and self.scheduler_cls not in SCHEDULER_CLASSES:
+            raise ValueError(
+                f"--scheduler-cls {self.scheduler_cls} is not modelled: the mock engine runs "
+                f"vLLM's scheduler, or PolyServe's plugin ({', '.join(SCHEDULER_CLASSES)})"
+            )
+        if self.scheduler_cls is not None and not self.chunk_budget_ms:
+            raise ValueError("PolyServe's scheduler plugin needs a chunk budget > 0")
+        return self
+
+    @model_validator(mode="after")
     def _ports_fit(self) -> MockEngineSettings:
         if self.port and self.port + self.replicas - 1 > 65535:
             raise ValueError(
@@ -97,6 +113,7 @@ class MockEngineSettings(BaseModel):
             long_prefill_token_threshold=self.long_prefill_token_threshold,
             scheduling_policy=self.scheduling_policy,
             chunk_budget_ms=self.chunk_budget_ms,
+            slack_share=self.slack_share,
         )
         if cfg.max_model_len > cfg.num_blocks * cfg.block_size:
             raise ValueError(

@@ -39,6 +39,8 @@ QUANTITY_PATTERN = (
 #: The tier's Deployment and Service take the SLOTier's name: a DNS-1035 label.
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 NAME_MAX = 63
+#: A Secret's name: a DNS-1123 subdomain.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 MAX_REPLICAS = 1000
 
@@ -111,6 +113,15 @@ class EnvVar(_Api):
     value_from: EnvVarSource | None = None
 
 
+class SecretKeyRef(_Api):
+    """One key of a Secret in the SLOTier's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+    """The Secret's name."""
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+    """The key in the Secret's ``data``."""
+
+
 class Resources(_Api):
     """Container resources; GPUs as ``nvidia.com/gpu`` in ``limits``."""
 
@@ -126,6 +137,14 @@ class Toleration(_Api):
     toleration_seconds: int | None = None
 
 
+class DynamicChunking(_Api):
+    """PolyServe's dynamic chunking in the engine: while decodes run, each step's prefill is cut so that the step's predicted time (the profile's model) stays within a budget. The operator adds ``--scheduler-cls polyserve.vllm.scheduler.DynamicChunkScheduler`` to the engine args (unless ``engine.args`` sets ``--scheduler-cls``) and the ``POLYSERVE_PROFILE`` (or ``POLYSERVE_PROFILE_YAML``) and ``POLYSERVE_CHUNK_BUDGET_MS`` variables (unless ``engine.env`` names them). The engine image must have polyserve installed (``pip install 'polyserve[vllm]'``); the mock engine accepts the same flag and variables."""
+
+    enabled: bool = False
+    budget_ms: Annotated[float, Field(gt=0.0, le=60_000.0, allow_inf_nan=False)] | None = None
+    """The step time budget in ms; unset: the tier's TPOT less the simulator's headroom (``polyserve.policy.checks.step_budget_ms``)."""
+
+
 class EngineSpec(_Api):
     """The vLLM (or mock) engine container of every replica."""
 
@@ -136,6 +155,8 @@ class EngineSpec(_Api):
     args: list[str] = Field(default_factory=list)
     """Engine arguments. The operator appends the flags it derives for the tier from the profile, TPOT and TTFT (``--max-num-batched-tokens``, ``--max-num-seqs``, ``--max-model-len``, ``--enable-chunked-prefill``, ``--long-prefill-token-threshold``, ``--scheduling-policy``: ``status.engineArgs`` shows them, ``status.engineReasons`` why), then ``--port`` and ``--served-model-name``. The user's flags win, flag by flag: a flag set here (``--flag value``, ``--flag=value``, ``--flag_name``, or ``--no-flag`` for a boolean) is not appended."""
     env: list[EnvVar] = Field(default_factory=list)
+    api_key_secret_ref: SecretKeyRef | None = None
+    """The engine's API key, a key of a Secret in the SLOTier's namespace. The operator sets the engine container's ``VLLM_API_KEY`` from it (``valueFrom.secretKeyRef``), so that vLLM answers ``/v1/*`` with 401 without the key; the router's discovery reads the same Secret and sends the key to the tier's engines as ``Authorization: Bearer``. The router's service account needs ``get`` on the Secret (chart value ``router.backendKeySecrets``); while the Secret or its key is missing, or its value has surrounding whitespace or a line break, the router uses none of the tier's engines. A changed key reaches the router at its next re-list (at most a minute); engines read it only at start (restart them, e.g. ``kubectl rollout restart``). vLLM takes ``--api-key`` before ``VLLM_API_KEY``: if ``engine.args`` carry ``--api-key`` or ``engine.env`` sets ``VLLM_API_KEY``, the engine uses that and the Secret is only the router's (they must agree)."""
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
@@ -144,6 +165,7 @@ class EngineSpec(_Api):
     """How long a deleted pod may take to finish its streams (the preStop sleep comes first)."""
     pre_stop_sleep_seconds: Annotated[int, Field(ge=0, le=600)] = 5
     """The pod keeps serving this long after deletion, while endpoints and the router catch up."""
+    dynamic_chunking: DynamicChunking = Field(default_factory=DynamicChunking)
 
     @model_validator(mode="after")
     def _grace_covers_pre_stop(self) -> EngineSpec:

@@ -21,8 +21,10 @@ import re
 from typing import Any
 
 from polyserve.operator.model import API_VERSION, KIND, EngineSpec, SLOTierSpec
+from polyserve.policy.checks import step_budget_ms
 from polyserve.profile import Profile
 from polyserve.tier_engine import TierEngine, derive_tier_engine
+from polyserve.vllm import ENV_CHUNK_BUDGET_MS, ENV_PROFILE, ENV_PROFILE_YAML, SCHEDULER_CLS
 from polyserve.wire.vllm_args import flag_value, has_flag
 
 LABEL_TIER = "polyserve.io/tier"
@@ -110,6 +112,8 @@ def engine_args(spec: SLOTierSpec, derived: TierEngine) -> list[str]:
     user's win flag by flag), then ``--port`` and ``--served-model-name`` if absent (the Service,
     probe and router need the port; the router asks for the tier's model name)."""
     args = derived.args_after(spec.engine.args)
+    if spec.engine.dynamic_chunking.enabled and not has_flag(args, "--scheduler-cls"):
+        args += ["--scheduler-cls", SCHEDULER_CLS]
     if not has_flag(args, "--port"):
         args += ["--port", str(spec.engine.port)]
     if not has_flag(args, "--served-model-name"):
@@ -120,7 +124,41 @@ def engine_args(spec: SLOTierSpec, derived: TierEngine) -> list[str]:
 def derived_reasons(spec: SLOTierSpec, derived: TierEngine) -> dict[str, str]:
     """Why each derived flag that :func:`engine_args` appended has its value (status)."""
     added = set(engine_args(spec, derived)[len(spec.engine.args) :])
-    return {flag: why for flag, why in derived.reasons.items() if flag in added}
+    reasons = {flag: why for flag, why in derived.reasons.items() if flag in added}
+    if "--scheduler-cls" in added:
+        reasons["--scheduler-cls"] = (
+            f"{SCHEDULER_CLS}: engine.dynamicChunking.enabled (steps with decodes cut to "
+            f"{chunk_budget_ms(spec):g} ms)"
+        )
+    return reasons
+
+
+def chunk_budget_ms(spec: SLOTierSpec) -> float:
+    """The tier's dynamic-chunking step budget: ``engine.dynamicChunking.budgetMs``, else the
+    step budget the simulator gives the tier's TPOT."""
+    return spec.engine.dynamic_chunking.budget_ms or round(step_budget_ms(spec.tpot_ms), 3)
+
+
+def engine_env(spec: SLOTierSpec) -> list[dict[str, Any]]:
+    """The engine container's environment: ``engine.env``, then, with dynamic chunking, the
+    scheduler plugin's variables the user did not set (``polyserve.vllm``)."""
+    env = [e.model_dump(by_alias=True, exclude_none=True) for e in spec.engine.env]
+    if not spec.engine.dynamic_chunking.enabled:
+        return env
+    ref = spec.profile.config_map_key_ref
+    profile: dict[str, Any] = (
+        {"name": ENV_PROFILE, "value": spec.profile.name}
+        if ref is None
+        else {
+            "name": ENV_PROFILE_YAML,
+            "valueFrom": {"configMapKeyRef": ref.model_dump(by_alias=True, exclude_none=True)},
+        }
+    )
+    given = {e.name for e in spec.engine.env}
+    plugin = [profile, {"name": ENV_CHUNK_BUDGET_MS, "value": str(chunk_budget_ms(spec))}]
+    if given & {ENV_PROFILE, ENV_PROFILE_YAML}:
+        plugin = plugin[1:]  # the user's profile variable wins (either spelling)
+    return env + [v for v in plugin if v["name"] not in given]
 
 
 def uses_priority_scheduling(args: list[str]) -> bool:
@@ -146,8 +184,9 @@ def _container(spec: SLOTierSpec, derived: TierEngine) -> dict[str, Any]:
         container["command"] = list(engine.command)
     if engine.image_pull_policy:
         container["imagePullPolicy"] = engine.image_pull_policy
-    if engine.env:
-        container["env"] = [e.model_dump(by_alias=True, exclude_none=True) for e in engine.env]
+    env = engine_env(spec)
+    if env:
+        container["env"] = env
     resources = engine.resources.model_dump(by_alias=True, exclude_defaults=True)
     if resources:
         container["resources"] = {
