@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from polyserve.chunking import slack_aware_budget_ms
 from polyserve.engine import SLACK_SHARE
 from polyserve.policy.base import PendingRequest, ServerView
 
@@ -56,13 +57,15 @@ def step_budget_ms(tpot_ms: float) -> float:
 
 
 def prefill_chunk(server: ServerView, budget_ms: float) -> int:
-    """The chunk the server's engine will use next for prefill, at its current decode load."""
+    """The chunk the server's engine will use next for prefill, at its current decode load: the
+    engine's rule (``polyserve.chunking``), counting on less slack; 0 where the engine would
+    only progress by its one-block floor (too slow to count on)."""
     prof = server.profile
     limit = max(0, server.max_batched_tokens - server.n_decode)
     if not server.chunk_budget_ms or not server.n_decode:
         return limit
     target = min(step_budget_ms(budget_ms), server.chunk_budget_ms)  # the engine's own target
-    target = max(target, server.decode_slack_ms * PREDICT_SLACK_SHARE)  # slack-aware chunking
+    target = slack_aware_budget_ms(target, PREDICT_SLACK_SHARE, server.decode_slack_ms)
     chunk = prof.max_prefill_chunk(target, server.n_decode, server.kv_tokens, 0, limit)
     return chunk if chunk >= prof.block_size else 0
 
