@@ -6,10 +6,13 @@
 devcluster's ``polyserve.io/local-host``/``local-port`` annotations when present (pod IPs there are
 fake); ``draining`` comes from ``polyserve.io/draining: "true"`` or a pending deletion (the pod
 finishes its streams in its grace period); ``priority`` from ``--scheduling-policy priority`` in the
-engine's arguments.
+engine's arguments; ``api_key`` from the tier's ``engine.apiKeySecretRef`` (a tier whose key
+cannot be read keeps its ``TierSpec`` but none of its backends: they would answer 401).
 
 :func:`kubernetes_fleet` lists and watches both kinds in one namespace and yields a snapshot after
-the first list and after every change that alters it. The router uses it as its fleet source::
+the first list and after every change that alters it. Profiles in ConfigMaps and keys in Secrets
+are read (``get``) for every snapshot; each watch ends and re-lists every ``watch_timeout_s``, so a
+rotated key reaches the router within that. The router uses it as its fleet source::
 
     source = kubernetes_fleet(namespace, api_client(None))
     first = await anext(source)
@@ -19,6 +22,8 @@ the first list and after every change that alters it. The router uses it as its 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -28,11 +33,18 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from polyserve.operator import resources as r
 from polyserve.operator.kube import Kube, Obj
-from polyserve.operator.model import GROUP, PLURAL, VERSION, ProfileRef, SLOTierSpec
+from polyserve.operator.model import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    ProfileRef,
+    SecretKeyRef,
+    SLOTierSpec,
+)
 from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
 from polyserve.wire.vllm_args import positive_int_flag
 
@@ -42,8 +54,39 @@ ProfileResolver = Callable[[str, ProfileRef], str | None]
 """(namespace, profile ref) -> what ``TierSpec.profile`` takes (a shipped name or a file path)."""
 
 
+KeyResolver = Callable[[str, str, SecretKeyRef], SecretStr | None]
+"""(namespace, tier, ``engine.apiKeySecretRef``) -> the engines' key; None: it cannot be used."""
+
+
 def shipped_only(namespace: str, ref: ProfileRef) -> str | None:
     return ref.name
+
+
+def no_keys(namespace: str, tier: str, ref: SecretKeyRef) -> SecretStr | None:
+    return None
+
+
+def secret_api_key(secret: Obj | None, ref: SecretKeyRef) -> SecretStr:
+    """The engine key a Secret object (API JSON) holds under ``ref.key``; ValueError says why it
+    cannot be used."""
+    if secret is None:
+        raise ValueError(f"Secret {ref.name} does not exist")
+    data = secret.get("data") or {}
+    if ref.key not in data:
+        raise ValueError(f"Secret {ref.name} has no key {ref.key!r}")
+    try:
+        value = base64.b64decode(data[ref.key], validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError(f"Secret {ref.name} key {ref.key!r} is not ASCII text") from None
+    # vLLM compares the header with its key verbatim; HTTP trims a header value's surrounding
+    # whitespace and cannot carry control characters, so such a key could never match.
+    if not value or value != value.strip() or not all(" " <= c <= "~" for c in value):
+        raise ValueError(
+            f"Secret {ref.name} key {ref.key!r} is empty or has surrounding whitespace or a "
+            "control character (a trailing newline?): store the key alone, e.g. "
+            "kubectl create secret generic NAME --from-literal=KEY=VALUE"
+        )
+    return SecretStr(value)
 
 
 def _engine_words(pod: Obj) -> list[str]:
@@ -53,7 +96,9 @@ def _engine_words(pod: Obj) -> list[str]:
     return []
 
 
-def backend_of(pod: Obj, tier: TierSpec, port: int) -> BackendSpec | None:
+def backend_of(
+    pod: Obj, tier: TierSpec, port: int, api_key: SecretStr | None = None
+) -> BackendSpec | None:
     """The backend a pod is, or None when it does not serve (not Ready, no address, stale model)."""
     meta = pod.get("metadata") or {}
     ann = meta.get("annotations") or {}
@@ -74,15 +119,21 @@ def backend_of(pod: Obj, tier: TierSpec, port: int) -> BackendSpec | None:
         priority=r.uses_priority_scheduling(words),
         max_num_batched_tokens=positive_int_flag(words, "--max-num-batched-tokens"),
         draining=r.pod_draining(pod) or bool(meta.get("deletionTimestamp")),
+        api_key=api_key,
     )
 
 
 def fleet_from_objects(
-    tiers: list[Obj], pods: list[Obj], resolve: ProfileResolver = shipped_only
+    tiers: list[Obj],
+    pods: list[Obj],
+    resolve: ProfileResolver = shipped_only,
+    keys: KeyResolver = no_keys,
 ) -> FleetSpec:
     """The fleet that SLOTier objects and pod objects (API JSON) describe."""
     specs: list[TierSpec] = []
     ports: dict[str, int] = {}
+    api_keys: dict[str, SecretStr] = {}
+    keyless: set[str] = set()  # keyed tiers whose key cannot be read: no backends
     for obj in sorted(tiers, key=lambda o: o["metadata"]["name"]):
         meta = obj["metadata"]
         if meta.get("deletionTimestamp"):
@@ -103,6 +154,13 @@ def fleet_from_objects(
                 )
             )
             ports[meta["name"]] = spec.engine.port
+            ref = spec.engine.api_key_secret_ref
+            if ref is not None:
+                key = keys(meta.get("namespace", ""), meta["name"], ref)
+                if key is None:
+                    keyless.add(meta["name"])
+                else:
+                    api_keys[meta["name"]] = key
         except (ValidationError, ValueError) as exc:
             log.warning("skipping SLOTier %s: %s", meta.get("name"), exc)
     by_name = {t.name: t for t in specs}
@@ -112,7 +170,9 @@ def fleet_from_objects(
         tier = by_name.get(labels.get(r.LABEL_TIER, ""))
         if tier is None or labels.get(r.LABEL_COMPONENT) != r.COMPONENT_ENGINE:
             continue
-        backend = backend_of(pod, tier, ports[tier.name])
+        if tier.name in keyless:
+            continue
+        backend = backend_of(pod, tier, ports[tier.name], api_keys.get(tier.name))
         if backend is not None:
             backends.append(backend)
     return FleetSpec(tiers=specs, backends=backends)
@@ -138,6 +198,55 @@ class ConfigMapProfiles:
         if not path.exists():
             path.write_text(text)
         return str(path)
+
+
+class SecretKeys:
+    """Reads each keyed tier's Secret (``get``, for every snapshot) and logs a tier's problem once
+    per change, not once per snapshot. A failed read other than 404/403 keeps the last good key:
+    an API hiccup should not take a tier's engines away."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._said: dict[tuple[str, str], str] = {}  # (namespace, tier) -> last problem ("": none)
+        self._good: dict[tuple[str, str, str], SecretStr] = {}
+
+    def __call__(self, namespace: str, tier: str, ref: SecretKeyRef) -> SecretStr | None:
+        from kubernetes.client.exceptions import ApiException
+
+        where = (namespace, ref.name, ref.key)
+        key: SecretStr | None = None
+        try:
+            key = secret_api_key(self.kube.get_secret(namespace, ref.name), ref)
+            problem = ""
+        except ValueError as exc:
+            problem = str(exc)
+        except ApiException as exc:
+            if exc.status in (401, 403):
+                problem = (
+                    f"the router may not read Secret {ref.name} (the chart's "
+                    "router.backendKeySecrets must list it)"
+                )
+            else:
+                key = self._good.get(where)
+                problem = f"reading Secret {ref.name} failed (HTTP {exc.status})"
+        except Exception as exc:  # connection errors: the watchers retry, so do we next time
+            key = self._good.get(where)
+            problem = f"reading Secret {ref.name} failed ({exc})"
+        if not problem:
+            assert key is not None
+            self._good[where] = key
+        elif key is None:
+            self._good.pop(where, None)  # gone or forbidden: no stale key on a later hiccup
+        said = self._said.get((namespace, tier), "")
+        if problem != said:
+            self._said[(namespace, tier)] = problem
+            if not problem:
+                log.info("SLOTier %s/%s: engine key read from Secret %s", namespace, tier, ref.name)
+            elif key is None:
+                log.warning("SLOTier %s/%s: its engines are left out: %s", namespace, tier, problem)
+            else:
+                log.warning("SLOTier %s/%s: %s; keeping the last key", namespace, tier, problem)
+        return key
 
 
 class _Watcher(threading.Thread):
@@ -196,6 +305,7 @@ async def kubernetes_fleet(
     api: Any,
     *,
     resolve: ProfileResolver | None = None,
+    keys: KeyResolver | None = None,
     watch_timeout_s: int = 60,
     debounce_s: float = 0.1,
 ) -> AsyncIterator[FleetSpec]:
@@ -204,6 +314,7 @@ async def kubernetes_fleet(
 
     kube = Kube(api)
     resolve = resolve or ConfigMapProfiles(kube)
+    keys = keys or SecretKeys(kube)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
     stop = threading.Event()
@@ -254,6 +365,7 @@ async def kubernetes_fleet(
                 list(state["slotiers"].values()),
                 list(state["pods"].values()),
                 resolve,
+                keys,
             )
             if fleet != last:
                 last = fleet

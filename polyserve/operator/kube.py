@@ -81,6 +81,9 @@ class Kube:
     def get_config_map(self, namespace: str, name: str) -> Obj | None:
         return self._call("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
 
+    def get_secret(self, namespace: str, name: str) -> Obj | None:
+        return self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
     # writes ---------------------------------------------------------------------------------
 
     def apply(self, obj: Obj) -> Obj | None:

@@ -140,9 +140,11 @@ def chunk_budget_ms(spec: SLOTierSpec) -> float:
 
 
 def engine_env(spec: SLOTierSpec) -> list[dict[str, Any]]:
-    """The engine container's environment: ``engine.env``, then, with dynamic chunking, the
-    scheduler plugin's variables the user did not set (``polyserve.vllm``)."""
+    """The engine container's environment: ``engine.env``, then ``VLLM_API_KEY`` from
+    ``engine.apiKeySecretRef``, then, with dynamic chunking, the scheduler plugin's variables
+    (each only if the user did not set it)."""
     env = [e.model_dump(by_alias=True, exclude_none=True) for e in spec.engine.env]
+    env += api_key_env(spec)
     if not spec.engine.dynamic_chunking.enabled:
         return env
     ref = spec.profile.config_map_key_ref
@@ -159,6 +161,21 @@ def engine_env(spec: SLOTierSpec) -> list[dict[str, Any]]:
     if given & {ENV_PROFILE, ENV_PROFILE_YAML}:
         plugin = plugin[1:]  # the user's profile variable wins (either spelling)
     return env + [v for v in plugin if v["name"] not in given]
+
+
+ENV_API_KEY = "VLLM_API_KEY"
+"""vLLM's API key variable (``--api-key`` wins over it)."""
+
+
+def api_key_env(spec: SLOTierSpec) -> list[dict[str, Any]]:
+    """``VLLM_API_KEY`` from ``engine.apiKeySecretRef``, unless ``engine.env`` sets it (a second
+    entry of one name would be refused by server-side apply; the user's wins)."""
+    ref = spec.engine.api_key_secret_ref
+    if ref is None or any(e.name == ENV_API_KEY for e in spec.engine.env):
+        return []
+    return [
+        {"name": ENV_API_KEY, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    ]
 
 
 def uses_priority_scheduling(args: list[str]) -> bool:

@@ -102,6 +102,11 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
         {"autoscaling": {"decisionIntervalS": 30, "trendWindowS": 40, "staleAfterS": 30}},
         "trendWindowS must cover at least two decision intervals",
     ),
+    (
+        "key Secret name not a DNS subdomain",
+        {"engine": {"apiKeySecretRef": {"name": "Engine_Key", "key": "api-key"}}},
+        "spec.engine.apiKeySecretRef.name",
+    ),
     ("unknown field", {"colour": "blue"}, "colour"),
 ]
 
