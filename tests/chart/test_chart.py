@@ -71,6 +71,7 @@ FULL = (
     "apiKeys.keys[0].name=voice",
     "apiKeys.keys[0].sha256=" + "ab" * 32,
     "apiKeys.keys[0].tiers={voice,chat}",
+    "router.backendKeySecrets={engine-key}",
 )
 
 
@@ -165,6 +166,7 @@ ROUTER_NEEDS: dict[tuple[str, str, str], str] = {
     ("", "pods", "list"): "discovery: Ready engine pods are the backends",
     ("", "pods", "watch"): "discovery: pods coming, going, draining",
     ("", "configmaps", "get"): "profiles given as a ConfigMap reference",
+    ("", "secrets", "get"): "engine keys (engine.apiKeySecretRef), only router.backendKeySecrets",
 }
 
 
@@ -192,10 +194,19 @@ def test_rbac_is_least_privilege(helm: str) -> None:
     for role in operator_roles:
         assert _allowed(role) == set(OPERATOR_NEEDS)
     assert _allowed(router_roles[0]) == set(ROUTER_NEEDS)
+    (secrets,) = [rule for rule in router_roles[0]["rules"] if "secrets" in rule["resources"]]
+    assert secrets["resourceNames"] == ["engine-key"]  # by name: never every Secret
     for binding in (d for d in docs if d["kind"] == "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject["kind"] == "ServiceAccount" and subject["namespace"] == "llm"
         assert binding["roleRef"]["name"] == subject["name"]
+
+
+def test_router_reads_no_secret_unless_named(helm: str) -> None:
+    (role,) = [
+        d for d in render(helm) if d["kind"] == "Role" and d["metadata"]["name"].endswith("-router")
+    ]
+    assert _allowed(role) == set(ROUTER_NEEDS) - {("", "secrets", "get")}
 
 
 def test_containers_are_non_root_with_read_only_root(helm: str) -> None:

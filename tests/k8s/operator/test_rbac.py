@@ -1,5 +1,7 @@
 """The chart's Roles are enough: the operator's passes and the router's discovery run as their
-service accounts (impersonated) against the real RBAC authorizer, with nothing more granted."""
+service accounts (impersonated) against the real RBAC authorizer, with nothing more granted. The
+router reads the engine-key Secret it is given by name (``router.backendKeySecrets``) and no
+other."""
 
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def _install_rbac(api: Any, namespace: str) -> None:
 
     out = subprocess.run(
         [_helm(), "template", "ps", str(CHART), "--namespace", namespace, "--show-only",
-         "templates/operator-rbac.yaml", "--show-only", "templates/router-rbac.yaml"],
+         "templates/operator-rbac.yaml", "--show-only", "templates/router-rbac.yaml",
+         "--set", "router.backendKeySecrets={engine-key}"],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     for doc in yaml.safe_load_all(out):
@@ -55,9 +58,18 @@ def test_chart_roles_suffice(
 
     _install_rbac(api, namespace)
     custom = client.CustomObjectsApi(api)
-    body = slotier("rbac", replicas={"fixed": 2}, engine={"image": "registry.example/vllm:1"})
+    core = client.CoreV1Api(api)
+    for name in ("engine-key", "other-key"):
+        core.create_namespaced_secret(
+            namespace, {"metadata": {"name": name}, "stringData": {"api-key": f"{name}-value"}}
+        )
+    engine = {"image": "registry.example/vllm:1"}
+    body = slotier(
+        "rbac",
+        replicas={"fixed": 2},
+        engine={**engine, "apiKeySecretRef": {"name": "engine-key", "key": "api-key"}},
+    )
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
     operator = Kube(_as(devcluster, namespace, "ps-polyserve-operator"))
     reconciler = Reconciler(operator, probe=NoStreams())
 
@@ -85,9 +97,32 @@ def test_chart_roles_suffice(
         finally:
             await source.aclose()  # type: ignore[attr-defined]
 
+    # A tier whose Secret the router may not read: the tier, none of its engines.
+    locked = slotier(
+        "locked",
+        tpotMs=100,
+        engine={**engine, "apiKeySecretRef": {"name": "other-key", "key": "api-key"}},
+    )
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, locked)
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "locked-0", "labels": r.selector_labels("locked")},
+            "spec": {"containers": [{"name": "engine", "image": "registry.example/vllm:1"}]},
+        },
+    )
+    wait_for(
+        lambda: r.pod_ready(
+            api.sanitize_for_serialization(core.read_namespaced_pod("locked-0", namespace))
+        ),
+        timeout_s=30,
+        what="the locked tier's pod Ready",
+    )
     fleet = asyncio.run(discover())
-    assert [t.name for t in fleet.tiers] == ["rbac"]
-    assert len(fleet.backends) == 1
+    assert [t.name for t in fleet.tiers] == ["locked", "rbac"]
+    (backend,) = fleet.backends
+    assert backend.tier == "rbac"
+    assert backend.api_key is not None and backend.api_key.get_secret_value() == "engine-key-value"
 
     # And the router may not touch what it does not need.
     from kubernetes.client.exceptions import ApiException
@@ -95,5 +130,8 @@ def test_chart_roles_suffice(
     router_core = client.CoreV1Api(_as(devcluster, namespace, "ps-polyserve-router"))
     with pytest.raises(ApiException) as err:
         router_core.list_namespaced_secret(namespace)
+    assert err.value.status == 403
+    with pytest.raises(ApiException) as err:
+        router_core.read_namespaced_secret("other-key", namespace)
     assert err.value.status == 403
     assert r.LABEL_TIER  # the labels the roles' watches select on
