@@ -27,11 +27,14 @@ Kubernetes discovery) use that annotation when it is present.
 
 The default launcher (:func:`mock_engine_launcher`) runs containers whose image name contains
 ``polyserve`` and whose command/args start the mock engine (``polyserve mock-engine ...``) as
-``<this venv>/bin/polyserve mock-engine ... --host 127.0.0.1 --port <port>``.
+``<this venv>/bin/polyserve mock-engine ... --host 127.0.0.1 --port <port>``. A process gets the
+container's ``env``: plain values, and ``secretKeyRef``/``configMapKeyRef`` values read when it
+starts (a missing required one: the pod waits in ``CreateContainerConfigError``, for good).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import json
@@ -582,7 +585,8 @@ class NodeAgent:
         local.argv = [str(a) for a in argv]
         self._patch_annotations(local)
         self._spawn(local)
-        self._report(local)
+        if not local.finished:
+            self._report(local)
 
     def _spawn(self, local: _LocalPod) -> None:
         assert local.argv is not None
@@ -592,6 +596,16 @@ class NodeAgent:
             for var in container.get("env") or []:
                 if "value" in var:
                     env[str(var["name"])] = str(var["value"])
+                elif "valueFrom" in var:
+                    try:
+                        value = self._env_from(local.namespace, var["valueFrom"])
+                    except ValueError as exc:  # kubelet's CreateContainerConfigError
+                        self._record_error(f"cannot start {local.key}: {exc}")
+                        local.finished = True
+                        self._report_waiting(local, "CreateContainerConfigError", str(exc))
+                        return
+                    if value is not None:
+                        env[str(var["name"])] = value
         env["POLYSERVE_LOCAL_PORT"] = str(local.port)
         log_path = self.log_dir / f"{local.namespace}_{local.name}.log"
         try:
@@ -610,6 +624,39 @@ class NodeAgent:
         local.next_probe = time.monotonic()
         log.info("node agent: started %s for %s on port %d", local.argv, local.key, local.port)
         self._patch_annotations(local)
+
+    def _env_from(self, namespace: str, source: dict[str, Any]) -> str | None:
+        """A ``valueFrom`` variable's value, read at start as kubelet does: ``secretKeyRef`` and
+        ``configMapKeyRef`` (None for other sources and for an optional one that is missing).
+        Unlike kubelet, a missing required one fails the pod for good instead of retrying."""
+        from kubernetes.client.exceptions import ApiException
+
+        for kind, read in (
+            ("secretKeyRef", self._core.read_namespaced_secret),
+            ("configMapKeyRef", self._core.read_namespaced_config_map),
+        ):
+            ref = source.get(kind)
+            if ref is None:
+                continue
+            what = "secret" if kind == "secretKeyRef" else "configmap"
+            try:
+                obj = json.loads(read(ref["name"], namespace, _preload_content=False).data)
+            except ApiException as exc:
+                if exc.status == 404 and ref.get("optional"):
+                    return None
+                raise ValueError(f'{what} "{ref["name"]}" not found ({exc.status})') from None
+            if kind == "secretKeyRef":
+                data = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+            else:
+                data = dict(obj.get("data") or {})
+            if ref["key"] not in data:
+                if ref.get("optional"):
+                    return None
+                raise ValueError(
+                    f"couldn't find key {ref['key']} in {what} {namespace}/{ref['name']}"
+                )
+            return str(data[ref["key"]])
+        return None
 
     def _patch_annotations(self, local: _LocalPod) -> None:
         annotations = {
@@ -834,7 +881,8 @@ class NodeAgent:
                 local.restart_at = None
                 local.restart_count += 1
                 self._spawn(local)
-                self._report(local)
+                if not local.finished:
+                    self._report(local)
 
     def _on_exit(self, local: _LocalPod, code: int) -> None:
         assert local.proc is not None
