@@ -149,3 +149,29 @@ def test_every_listed_policy_is_built_and_nothing_else() -> None:
     with pytest.raises(ValueError, match="unknown policy 'nope'; choose from polyserve, ") as e:
         make_policy("nope")
     assert all(name in str(e.value) for name in POLICY_NAMES)
+
+
+def test_a_static_budget_counts_a_full_prefill_chunk_against_the_tpot() -> None:
+    """On stock vLLM every step that prefills fills the token budget, so the decodes' TPOT must
+    hold in such a step; dynamic chunking cuts the chunk to fit instead. The running cap is the
+    engine's own ``--max-num-seqs``."""
+    from polyserve.policy.checks import peak_step_ms
+
+    def server(static: bool, budget: int, seqs: int = 0) -> ServerView:
+        v = ServerView("s", PROFILE, max_batched_tokens=budget, static_budget=static)
+        v.max_num_seqs = seqs
+        v.tier = 0
+        for _ in range(8):
+            v.on_admit(200, 50.0, 20.0)
+            v.on_first_token(200)
+        return v
+
+    req = pending(0, 100, 1000.0, 0.0)
+    big = PROFILE.max_num_batched_tokens
+    assert peak_step_ms(server(True, big), 9, 2000) > PAPER_TIERS[0].tpot_ms
+    assert not can_take(server(True, big), req, 20.0, 0.0).ok  # a full chunk breaks 20 ms
+    assert can_take(server(False, big), req, 20.0, 0.0).ok  # dynamic chunking would cut it
+    assert peak_step_ms(server(False, big), 9, 2000) == PROFILE.step_ms(9, 2000)
+    small = 64  # a budget derived for the tier: a full chunk still fits
+    assert can_take(server(True, small), req, 20.0, 0.0).ok
+    assert can_take(server(True, small, seqs=8), req, 20.0, 0.0).reason == "seqs"

@@ -88,6 +88,7 @@ class LocalFleet:
                 tier=e.tier,
                 priority=self.tier_engines[e.tier].scheduling_policy == "priority",
                 max_num_batched_tokens=self.tier_engines[e.tier].max_num_batched_tokens,
+                max_num_seqs=self.tier_engines[e.tier].max_num_seqs,
                 chunk_budget_ms=self.chunk_budget_ms(e.tier),
                 draining=e.name in self.draining,
             )

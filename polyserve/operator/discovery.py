@@ -118,6 +118,7 @@ def backend_of(
         tier=tier.name,
         priority=r.uses_priority_scheduling(words),
         max_num_batched_tokens=positive_int_flag(words, "--max-num-batched-tokens"),
+        max_num_seqs=positive_int_flag(words, "--max-num-seqs"),
         draining=r.pod_draining(pod) or bool(meta.get("deletionTimestamp")),
         api_key=api_key,
     )

@@ -54,6 +54,10 @@ class ServerView:
     profile: Profile
     max_batched_tokens: int  # the engine's per-step token budget
     chunk_budget_ms: float = 0.0  # > 0: the engine cuts prefill chunks to this step time
+    max_num_seqs: int = 0  # the engine's running cap (--max-num-seqs; 0: the profile's)
+    #: the engine runs stock vLLM's static token budget (no dynamic chunking): a step that
+    #: prefills fills the budget, so a decode's TPOT must hold in such a step
+    static_budget: bool = False
     tier: int | None = None  # assigned tier; None = idle pool (or a shared pool)
     pinned: bool = False  # the tier is fixed (a tier's own deployment): never released to the pool
     draining: bool = False

@@ -70,17 +70,25 @@ def prefill_chunk(server: ServerView, budget_ms: float) -> int:
     return chunk if chunk >= prof.block_size else 0
 
 
+def peak_step_ms(server: ServerView, n_decode: int, decode_ctx: float) -> float:
+    """The step at the server's peak: ``n_decode`` decodes over ``decode_ctx`` tokens, and on a
+    static budget a first prefill chunk filling the rest of it (dynamic chunking cuts the chunk
+    to fit instead)."""
+    chunk = max(server.max_batched_tokens - n_decode, 0) if server.static_budget else 0
+    return server.profile.step_ms(n_decode, decode_ctx, chunk, float(chunk * chunk))
+
+
 def can_take(
     server: ServerView, req: PendingRequest, budget_ms: float, now: float, degrade: bool = False
 ) -> Verdict:
     prof = server.profile
     n = server.residents + 1
-    if n > prof.max_num_seqs:
+    if n > (server.max_num_seqs or prof.max_num_seqs):
         return Verdict(False, "seqs")
     peak_kv = server.projected_kv_tokens + req.prompt_tokens + req.expected_output
     if peak_kv > prof.kv_cache_tokens * KV_HEADROOM:
         return Verdict(False, "kv")
-    if prof.step_ms(n, peak_kv) > step_budget_ms(budget_ms):
+    if peak_step_ms(server, n, peak_kv) > step_budget_ms(budget_ms):
         return Verdict(False, "tpot")
     if degrade:
         return Verdict(True, "ok")

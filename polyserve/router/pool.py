@@ -169,6 +169,9 @@ class ModelPool:
             name=spec.name,
             profile=profile,
             max_batched_tokens=spec.max_num_batched_tokens or profile.max_num_batched_tokens,
+            max_num_seqs=spec.max_num_seqs or 0,
+            # a known static budget (the engine's flags, no dynamic chunking) is modelled as such
+            static_budget=spec.max_num_batched_tokens is not None and not spec.chunk_budget_ms,
             chunk_budget_ms=spec.chunk_budget_ms,
             tier=tier,
             pinned=tier is not None,

@@ -54,6 +54,8 @@ class BackendSpec(_Spec):
     #: the engine's ``--max-num-batched-tokens`` (None: the profile's); the admission checks
     #: predict its prefill chunks with it
     max_num_batched_tokens: Annotated[int, Field(gt=0)] | None = None
+    #: the engine's ``--max-num-seqs`` (None: the profile's): no more requests run at once
+    max_num_seqs: Annotated[int, Field(gt=0)] | None = None
     #: marked for removal: it gets no new requests and finishes what it has
     draining: bool = False
     #: the engine runs PolyServe's dynamic chunking with this step budget (0: stock vLLM's static

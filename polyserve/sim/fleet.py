@@ -204,6 +204,10 @@ class FleetSim:
             name=f"s{idx}",
             profile=self.cfg.profile,
             max_batched_tokens=self._config_of(tier, pinned).max_num_batched_tokens,
+            max_num_seqs=self._config_of(tier, pinned).max_num_seqs,
+            # the stock mode's engines fill their derived budget in every step that prefills;
+            # vllm/static run the load balancers, which place without the checks
+            static_budget=self.cfg.chunk_mode == "tier",
             chunk_budget_ms=0.0,
             index=idx,
             tier=tier,
