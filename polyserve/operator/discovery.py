@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import json
 import logging
+import math
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -46,7 +47,8 @@ from polyserve.operator.model import (
     SLOTierSpec,
 )
 from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
-from polyserve.wire.vllm_args import positive_int_flag
+from polyserve.vllm import ENV_CHUNK_BUDGET_MS, SCHEDULER_CLASSES
+from polyserve.wire.vllm_args import flag_value, positive_int_flag
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,28 @@ def _engine_words(pod: Obj) -> list[str]:
     return []
 
 
+def _engine_env(pod: Obj) -> dict[str, str]:
+    """The engine container's plain env values (valueFrom ones are not the discovery's to read)."""
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        if c.get("name") == r.ENGINE_CONTAINER:
+            return {e["name"]: str(e["value"]) for e in c.get("env") or [] if "value" in e}
+    return {}
+
+
+def chunk_budget_ms(words: list[str], env: dict[str, str]) -> float:
+    """The step budget the pod's engine cuts prefill chunks to: PolyServe's vLLM scheduler plugin
+    (``--scheduler-cls`` and its env) or the mock engine's ``--chunk-budget-ms``; 0: stock."""
+    if flag_value(words, "--scheduler-cls") in SCHEDULER_CLASSES:
+        raw = env.get(ENV_CHUNK_BUDGET_MS)
+    else:
+        raw = flag_value(words, "--chunk-budget-ms")
+    try:
+        value = float(raw) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
+
+
 def backend_of(
     pod: Obj, tier: TierSpec, port: int, api_key: SecretStr | None = None
 ) -> BackendSpec | None:
@@ -119,6 +143,7 @@ def backend_of(
         priority=r.uses_priority_scheduling(words),
         max_num_batched_tokens=positive_int_flag(words, "--max-num-batched-tokens"),
         max_num_seqs=positive_int_flag(words, "--max-num-seqs"),
+        chunk_budget_ms=chunk_budget_ms(words, _engine_env(pod)),
         draining=r.pod_draining(pod) or bool(meta.get("deletionTimestamp")),
         api_key=api_key,
     )

@@ -51,3 +51,15 @@ def test_discovery_reads_the_budget_the_pods_engine_runs() -> None:
     }
     backend = backend_of(pod, tier, 8000)
     assert backend is not None and backend.max_num_batched_tokens == 272
+
+
+def test_discovery_reads_the_chunk_budget_a_pod_cuts_to() -> None:
+    """PolyServe's vLLM scheduler plugin (its env) or the mock's own flag; stock: 0."""
+    from polyserve.operator.discovery import chunk_budget_ms
+    from polyserve.vllm import ENV_CHUNK_BUDGET_MS, SCHEDULER_CLS
+
+    plugin = ["--model", "m", "--scheduler-cls", SCHEDULER_CLS]
+    assert chunk_budget_ms(plugin, {ENV_CHUNK_BUDGET_MS: "18"}) == 18.0
+    assert chunk_budget_ms(plugin, {ENV_CHUNK_BUDGET_MS: "nan"}) == 0.0
+    assert chunk_budget_ms(["--chunk-budget-ms", "45"], {}) == 45.0
+    assert chunk_budget_ms(["--model", "m"], {ENV_CHUNK_BUDGET_MS: "18"}) == 0.0  # no plugin
