@@ -118,3 +118,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
         terminalreporter.write_line(f"  {_skipped_for_binaries[0]}", yellow=True, bold=True)
         terminalreporter.write_line(line, yellow=True, bold=True)
+
+
+async def discovering_router(api: Any, namespace: str) -> Any:
+    """A started router (no auth, fast health checks) following the namespace's SLOTiers and
+    engine pods through the Kubernetes discovery; run it on a LoopThread, close it there."""
+    from polyserve.operator.discovery import kubernetes_fleet
+    from polyserve.router.server import Router
+    from polyserve.router.settings import RouterSettings
+
+    source = kubernetes_fleet(namespace, api, watch_timeout_s=10)
+    first = await anext(source)
+    router = Router(RouterSettings(port=0, auth=False, health_interval_s=0.5), first, source=source)
+    await router.start()
+    return router

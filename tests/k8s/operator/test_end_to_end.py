@@ -13,13 +13,10 @@ from polyserve.autoscale.decide import Reason
 from polyserve.devcluster import DevCluster
 from polyserve.loopthread import LoopThread
 from polyserve.operator.autoscaling import RouterAutoscaler, router_sources
-from polyserve.operator.discovery import kubernetes_fleet
 from polyserve.operator.handlers import OperatorConfig, operator_in_thread
 from polyserve.operator.model import GROUP, PLURAL, VERSION
 from polyserve.operator.views import ScalingDecision, TierObservation
-from polyserve.router.server import Router
-from polyserve.router.settings import RouterSettings
-from tests.k8s.conftest import wait_for
+from tests.k8s.conftest import discovering_router, wait_for
 from tests.mockengine.conftest import raw
 from tests.operator.manifests import slotier
 
@@ -48,16 +45,7 @@ def test_tier_served_through_the_router_and_autoscaled(
     loop = LoopThread("router")
     loop.start()
 
-    async def start_router() -> Router:
-        source = kubernetes_fleet(namespace, api, watch_timeout_s=10)
-        first = await anext(source)
-        router = Router(
-            RouterSettings(port=0, auth=False, health_interval_s=0.5), first, source=source
-        )
-        await router.start()
-        return router
-
-    router = loop.run(start_router(), timeout=60)
+    router = loop.run(discovering_router(api, namespace), timeout=60)
     try:
         config = OperatorConfig(
             interval_s=1.0,

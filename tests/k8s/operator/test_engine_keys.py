@@ -18,9 +18,7 @@ from polyserve.operator.discovery import kubernetes_fleet
 from polyserve.operator.kube import Kube
 from polyserve.operator.model import GROUP, PLURAL, VERSION
 from polyserve.operator.reconcile import Reconciler
-from polyserve.router.server import Router
-from polyserve.router.settings import RouterSettings
-from tests.k8s.conftest import wait_for
+from tests.k8s.conftest import discovering_router, wait_for
 from tests.k8s.operator.test_discovery import _pod, _until
 from tests.k8s.operator.test_rbac import NoStreams
 from tests.mockengine.conftest import raw
@@ -102,16 +100,7 @@ def test_router_serves_a_keyed_mock_engine(slotier_crd: str, api: Any, namespace
     loop = LoopThread("router")
     loop.start()
 
-    async def start_router() -> Router:
-        source = kubernetes_fleet(namespace, api, watch_timeout_s=10)
-        first = await anext(source)
-        router = Router(
-            RouterSettings(port=0, auth=False, health_interval_s=0.5), first, source=source
-        )
-        await router.start()
-        return router
-
-    router = loop.run(start_router(), timeout=60)
+    router = loop.run(discovering_router(api, namespace), timeout=60)
     try:
 
         def ready() -> bool:
