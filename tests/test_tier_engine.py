@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from polyserve.policy.checks import step_budget_ms
 from polyserve.profile import load_profile
 from polyserve.tier_engine import (
     FLAG_BUDGET,
@@ -40,22 +41,28 @@ def assert_vllm_valid(e: TierEngine) -> None:
 def assert_budget_is_the_largest_that_fits(tpot: float, e: TierEngine) -> None:
     n = working_decode_batch(PROFILE, tpot)
     budget = e.max_num_batched_tokens
-    floor = max(PROFILE.block_size, e.max_num_seqs)
-    if budget > floor:  # a fitted budget: its mixed step fits, one more block would not
-        assert mixed_step_ms(PROFILE, n, budget) <= tpot
+    block = PROFILE.block_size
+    floor = max(block, -(-e.max_num_seqs // block) * block)  # whole blocks, at least the seqs
+    plan = step_budget_ms(tpot)
+    if budget > floor:  # a fitted budget: its mixed step fits the plan, one more block would not
+        assert mixed_step_ms(PROFILE, n, budget) <= plan
         cap = PROFILE.max_num_batched_tokens
-        assert budget == cap or mixed_step_ms(PROFILE, n, budget + PROFILE.block_size) > tpot
+        assert budget == cap or mixed_step_ms(PROFILE, n, budget + PROFILE.block_size) > plan
 
 
 @pytest.mark.parametrize("tpot", PAPER_TPOTS)
-def test_full_budget_at_the_working_batch_fits_the_tpot_and_one_more_block_does_not(
+def test_full_budget_at_the_working_batch_fits_the_planned_step_and_one_more_block_does_not(
     tpot: float,
 ) -> None:
+    """The budget is fitted to the step admission plans for (the TPOT less its headroom), not
+    to the whole TPOT: admission's TPOT-at-peak check then accepts the working batch."""
     e = derive_tier_engine(PROFILE, tpot, 500.0)
     n = working_decode_batch(PROFILE, tpot)
+    plan = step_budget_ms(tpot)
+    assert plan < tpot
     assert 1 <= n <= e.max_num_seqs
-    assert mixed_step_ms(PROFILE, n, e.max_num_batched_tokens) <= tpot
-    assert mixed_step_ms(PROFILE, n, e.max_num_batched_tokens + PROFILE.block_size) > tpot
+    assert mixed_step_ms(PROFILE, n, e.max_num_batched_tokens) <= plan
+    assert mixed_step_ms(PROFILE, n, e.max_num_batched_tokens + PROFILE.block_size) > plan
     assert_vllm_valid(e)
 
 
