@@ -14,7 +14,7 @@ from polyserve.options import fail, invalid_options, setup_logging, stop_on_sign
 from polyserve.policy.dispatch import DEADLINE_MISS_CHOICES
 from polyserve.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from polyserve.router.auth import KeyRing, load_keys
-from polyserve.router.settings import ConfigError, RouterSettings, load_fleet
+from polyserve.router.settings import ConfigError, RouterSettings, load_fleet, read_key_file
 from polyserve.router.spec import BackendSpec, FleetSpec, TierSpec
 from polyserve.slo import PAPER_TIERS
 
@@ -40,6 +40,14 @@ def router(
         list[str] | None,
         typer.Option(
             help="A backend URL[@TIER] (repeat; without @TIER it joins the idle pool).",
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
+    backend_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File with the engines' API key (vLLM --api-key) for every --backend; for "
+            "per-backend keys use a fleet file's api_key_env / api_key_file.",
             rich_help_panel=_FLEET,
         ),
     ] = None,
@@ -106,15 +114,23 @@ def router(
         invalid_options(exc)
     except OSError as exc:
         fail(f"--admin-token-file: {exc.strerror or exc}")
-    if kubernetes and (fleet is not None or tier or backend):
-        fail("--kubernetes discovers tiers and backends: drop --fleet, --tier and --backend")
+    if kubernetes and (fleet is not None or tier or backend or backend_key_file):
+        fail(
+            "--kubernetes discovers tiers and backends: drop --fleet, --tier, --backend and "
+            "--backend-key-file"
+        )
+    if backend_key_file is not None and not backend:
+        fail("--backend-key-file is the key of the --backend backends: give --backend too")
     try:
         spec: FleetSpec | None = None
+        backend_key = (
+            read_key_file(backend_key_file, "--backend-key-file") if backend_key_file else None
+        )
         if not kubernetes:
             spec = (
                 load_fleet(fleet)
                 if fleet is not None
-                else fleet_from_flags(tier or [], backend or [], model, profile)
+                else fleet_from_flags(tier or [], backend or [], model, profile, backend_key)
             )
         ring: KeyRing | None = load_keys(keys) if keys is not None else None
         if auth and ring is None:
@@ -126,7 +142,11 @@ def router(
 
 
 def fleet_from_flags(
-    tiers: list[str], backends: list[str], model: str | None, profile: str
+    tiers: list[str],
+    backends: list[str],
+    model: str | None,
+    profile: str,
+    backend_key: str | None = None,
 ) -> FleetSpec:
     model = model or load_profile(profile).model
     specs: list[TierSpec] = []
@@ -163,7 +183,12 @@ def fleet_from_flags(
         where = urlsplit(url)
         if where.scheme not in ("http", "https") or not where.netloc:
             raise ValueError(f"--backend {raw!r}: expected http://HOST:PORT[@TIER]")
-        out.append(BackendSpec(name=where.netloc, url=url, model=model, tier=tier_name or None))
+        out.append(
+            BackendSpec(
+                name=where.netloc, url=url, model=model, tier=tier_name or None,
+                api_key=backend_key,
+            )
+        )  # fmt: skip
     try:
         return FleetSpec(tiers=specs, backends=out)
     except ValidationError as e:

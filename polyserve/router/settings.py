@@ -115,11 +115,15 @@ def _backend_key(path: Path, i: int, entry: dict[str, Any], environ: Mapping[str
         if not key:
             raise ConfigError(f"{where}.api_key_env: {entry['api_key_env']} is not set")
         return key
-    file = path.parent / str(entry["api_key_file"])
+    return read_key_file(path.parent / str(entry["api_key_file"]), f"{where}.api_key_file")
+
+
+def read_key_file(file: Path, where: str) -> str:
+    """A backend key from a file: its text without surrounding whitespace, never empty."""
     try:
         key = file.read_text().strip()
     except OSError as e:
-        raise ConfigError(f"{where}.api_key_file: cannot read {file}: {e.strerror or e}") from None
+        raise ConfigError(f"{where}: cannot read {file}: {e.strerror or e}") from None
     if not key:
-        raise ConfigError(f"{where}.api_key_file: {file} is empty")
+        raise ConfigError(f"{where}: {file} is empty")
     return key

@@ -497,3 +497,53 @@ def test_discovery_keeps_following_past_a_fleet_it_cannot_apply(
     pool = router.pools[M]
     assert sorted(pool.backends) == ["b0", "b1"]  # the good snapshot after the bad one
     assert "no-such-profile" in caplog.text and "fleet discovery stopped" in caplog.text
+
+
+def test_backend_flags_take_one_key_file_for_every_backend(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from polyserve.cli import app
+    from polyserve.router.cli import fleet_from_flags
+
+    spec = fleet_from_flags(
+        [], ["http://a:8000", "http://b:8000@t20"], M, "llama-3.1-8b-h100", "k1"
+    )
+    assert [b.api_key.get_secret_value() if b.api_key else None for b in spec.backends] == [
+        "k1",
+        "k1",
+    ]
+    assert all(
+        b.api_key is None
+        for b in fleet_from_flags([], ["http://a:8000"], M, "llama-3.1-8b-h100").backends
+    )
+    runner = CliRunner()
+    missing = runner.invoke(
+        app,
+        [
+            "router",
+            "--no-auth",
+            "--backend",
+            "http://a:8000",
+            "--backend-key-file",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert missing.exit_code != 0 and "--backend-key-file: cannot read" in missing.output
+    assert "Traceback" not in missing.output
+    (tmp_path / "empty").write_text("\n")
+    empty = runner.invoke(
+        app,
+        [
+            "router",
+            "--no-auth",
+            "--backend",
+            "http://a:8000",
+            "--backend-key-file",
+            str(tmp_path / "empty"),
+        ],
+    )
+    assert empty.exit_code != 0 and "is empty" in empty.output
+    alone = runner.invoke(
+        app, ["router", "--no-auth", "--backend-key-file", str(tmp_path / "empty")]
+    )
+    assert alone.exit_code != 0 and "give --backend too" in alone.output
