@@ -12,8 +12,12 @@ that reaches the attainment goal is reported (its best attainment if none does):
 - static provisioning for the peak (PolyServe routing, floating servers; every size from 0.85x to
   1.3x the fluid peak, the smallest that reaches the goal: an oracle's choice);
 - HPA on average KV-cache utilisation over one pool (least-outstanding routing, and PolyServe);
+- HPA on ``vllm:num_requests_running`` per pod over one pool (what AIBrix's KPA and vLLM's
+  production stack scale on);
 - KEDA on ``vllm:num_requests_waiting`` over one pool;
 - per-tier HPA on static partitions (least-outstanding inside each tier);
+- a planner in the style of NVIDIA Dynamo's SLA planner (``planner.py``): every interval each
+  tier is sized from the predicted rate and the profile's capacity (per tier and in one pool);
 
 and, as a reference that no scaler can match, a clairvoyant tracker that sizes the pool for the
 coming minute's fluid demand times a margin, with no start-up (``clairvoyant.py``). Every run is
@@ -37,6 +41,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from polyserve.autoscale.baselines import Metric
+from polyserve.autoscale.planner import Predictor
 from polyserve.autoscale.plots import replicas_over_time
 from polyserve.autoscale.replay import (
     Replay,
@@ -45,6 +51,7 @@ from polyserve.autoscale.replay import (
     run_autoscaler_pool,
     run_clairvoyant,
     run_hpa,
+    run_planner,
     run_static,
 )
 from polyserve.autoscale.settings import AutoscaleSettings
@@ -60,12 +67,13 @@ console = Console(force_terminal=False, soft_wrap=True)
 @dataclass(frozen=True)
 class Job:
     family: str
-    kind: str  # autoscaler | autoscaler-pool | static | hpa | clairvoyant
+    kind: str  # autoscaler | autoscaler-pool | static | hpa | clairvoyant | planner
     knob: float = 0.0
-    metric: str = "kv"
+    metric: Metric = "kv"
     per_tier: bool = False
     policy: str | None = None
     variant: str = "defaults"  # the autoscaler's settings (AUTOSCALER_VARIANTS)
+    predictor: Predictor = "constant"  # the planner's
 
 
 #: The autoscaler's own knobs, swept like the baselines' (the table shows the cheapest that reaches
@@ -95,6 +103,10 @@ OURS = ("polyserve + autoscaler", "polyserve + autoscaler, one pool")
 #: The reference that reads the trace ahead (not a baseline; ``polyserve/autoscale/clairvoyant.py``)
 CLAIRVOYANT = "clairvoyant tracker (reference, no start-up)"
 CLAIRVOYANT_MARGINS = (1.15, 1.2, 1.25, 1.3, 1.4)
+
+#: The Dynamo-style planner's margins over its predicted demand, and its adjustment interval.
+PLANNER_MARGINS = (1.2, 1.4)
+PLANNER_INTERVAL_S = 60.0
 
 #: The static fleets swept, as multiples of the fluid peak (every whole size in between).
 STATIC_RANGE = (0.85, 1.3)
@@ -147,9 +159,11 @@ def run_job(job: Job) -> tuple[Job, ReplayResult]:
         return job, run_static(replay, int(job.knob))
     if job.kind == "clairvoyant":
         return job, run_clairvoyant(replay, job.knob)
-    metric = "waiting" if job.metric == "waiting" else "kv"
+    if job.kind == "planner":
+        pool = not job.per_tier
+        return job, run_planner(replay, job.knob, job.predictor, PLANNER_INTERVAL_S, pool)
     cap = 3 * math.ceil(replay.peak_servers()) + 4  # maxReplicas: room, but not unbounded
-    return job, run_hpa(replay, metric, job.knob, job.per_tier, job.policy, max_replicas=cap)
+    return job, run_hpa(replay, job.metric, job.knob, job.per_tier, job.policy, max_replicas=cap)
 
 
 def jobs_for(replay: Replay) -> list[Job]:
@@ -175,7 +189,15 @@ def jobs_for(replay: Replay) -> list[Job]:
         Job("HPA KV utilisation, PolyServe routing", "hpa", t, policy="polyserve")
         for t in (0.1, 0.2)
     ]
+    jobs += [Job("HPA running requests, least-outstanding", "hpa", t, "running") for t in (64, 128)]
     jobs += [Job("KEDA waiting, least-outstanding", "hpa", 1.0, "waiting")]
+    jobs += [
+        Job(f"Dynamo-style planner{'' if per_tier else ', one pool'}", "planner", m,
+            per_tier=per_tier, predictor=p)
+        for per_tier in (True, False)
+        for p in ("constant", "linear")
+        for m in PLANNER_MARGINS
+    ]  # fmt: skip
     jobs += [Job("per-tier HPA on static partitions", "hpa", t, per_tier=True) for t in (0.15, 0.3)]
     return jobs
 

@@ -9,7 +9,15 @@ import pytest
 from polyserve.autoscale.baselines import HPABehavior, hpa_recommendation
 from polyserve.autoscale.clairvoyant import FluidDemand
 from polyserve.autoscale.decide import Reason
-from polyserve.autoscale.replay import Replay, run_autoscaler, run_clairvoyant, run_static
+from polyserve.autoscale.planner import planned_replicas, predict
+from polyserve.autoscale.replay import (
+    Replay,
+    run_autoscaler,
+    run_clairvoyant,
+    run_hpa,
+    run_planner,
+    run_static,
+)
 from polyserve.autoscale.settings import AutoscaleSettings
 from polyserve.autoscale.signals import RouterState, TierState
 from polyserve.autoscale.trend import ArrivalTrend, StateReader
@@ -209,3 +217,47 @@ def test_the_clairvoyant_reference_is_sized_before_the_step_and_shrinks_after() 
     assert high and min(high) > max(low)  # ready when the step arrives: it read the trace ahead
     assert max(after) < min(high)
     assert res.pool and res.knob == "margin 1.2"
+
+
+def test_planner_predictors() -> None:
+    assert predict([], "constant") == 0.0
+    assert predict([3.0, 5.0], "constant") == 5.0
+    assert predict([1.0, 2.0, 3.0], "linear") == pytest.approx(4.0)  # the trend, one ahead
+    assert predict([3.0, 2.0, 1.0], "linear") == pytest.approx(0.0)
+    assert predict([3.0, 1.0, 0.0], "linear") == 0.0  # never below zero
+    assert predict([7.0], "linear") == 7.0
+    assert planned_replicas(2.0, 1.25, 1) == 3 and planned_replicas(0.0, 1.25, 1) == 1
+    assert planned_replicas(2.0, 1.0, 0) == 2  # exactly 2 servers of demand: no spare
+
+
+def test_the_planner_follows_the_last_interval_per_tier_and_in_one_pool() -> None:
+    arrivals = step_load(low=4.0, high=80.0, t_up=60.0, t_down=180.0, t_end=300.0)
+    replay = Replay(PROF, TIERS, arrivals, startup_s=10.0)
+    caps = replay.capacities()
+    for pool in (False, True):
+        res = run_planner(replay, margin=1.2, interval_s=30.0, pool=pool)
+        at = {round(s.time): s for s in res.history}
+        assert sum(at[0].replicas) == sum(replay.initial_servers(1.2))  # the first tick: kept
+        # 30 s into the step the planner has seen one interval of it and sized for it
+        high = [
+            sum(1 for a in arrivals if 60 <= a.time < 90 and a.tier == t) / 30.0 for t in range(2)
+        ]
+        want = (
+            [planned_replicas(r / c, 1.2, 1) for r, c in zip(high, caps, strict=True)]
+            if not pool
+            else [planned_replicas(sum(r / c for r, c in zip(high, caps, strict=True)), 1.2, 1)]
+        )
+        assert list(at[90].replicas) == want
+        assert sum(at[90].replicas) > sum(at[30].replicas)
+        assert sum(res.history[-1].replicas) < sum(at[90].replicas)  # and back down after it
+        assert res.pool == pool and "margin 1.2, constant" in res.knob
+    with pytest.raises(ValueError, match="margin"):
+        run_planner(replay, margin=0.0)
+
+
+def test_hpa_on_running_requests_scales_on_the_batches() -> None:
+    arrivals = step_load(low=4.0, high=80.0, t_up=30.0, t_down=120.0, t_end=180.0)
+    replay = Replay(PROF, TIERS, arrivals, startup_s=10.0)
+    res = run_hpa(replay, "running", 8.0, per_tier=False)
+    assert res.name == "HPA running requests (least-outstanding)"
+    assert max(sum(s.replicas) for s in res.history) > sum(res.history[0].replicas)

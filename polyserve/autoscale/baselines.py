@@ -9,6 +9,8 @@ scale-down to the highest recommendation of the last ``stabilization_s`` (300 s 
   ``vllm:kv_cache_usage_perc`` (GPU utilisation reads ~100% whenever a batch runs);
 - ``metric="waiting"``: KEDA's Prometheus scaler on ``vllm:num_requests_waiting`` as an
   AverageValue per pod (requests queued in the engines plus, behind a queueing router, there);
+- ``metric="running"``: ``vllm:num_requests_running`` as an AverageValue per pod, the signal
+  AIBrix's KPA and vLLM's production stack scale on (requests in the engines' batches);
 
 one HPA for one shared pool, or one per tier on a static partition (``per_tier``).
 """
@@ -24,7 +26,7 @@ from polyserve.autoscale.pool import POOL
 from polyserve.autoscale.virtual import FleetSample, VirtualActuator, sample
 from polyserve.sim.fleet import FleetSim
 
-Metric = Literal["kv", "waiting"]
+Metric = Literal["kv", "waiting", "running"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,12 @@ class HPAScaler:
             if not self.actuator.pool and (view.tier is None or tiers[view.tier].name != group):
                 continue
             engine = sim.engine_of(view)
-            total += engine.kv_usage if self.metric == "kv" else engine.num_waiting
+            if self.metric == "kv":
+                total += engine.kv_usage
+            elif self.metric == "running":
+                total += engine.num_running
+            else:
+                total += engine.num_waiting
         if self.metric == "waiting":
             lengths = sim.queues.lengths()
             total += sum(lengths) if self.actuator.pool else lengths[tiers.index(group)]

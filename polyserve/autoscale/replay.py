@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from polyserve.autoscale.baselines import HPABehavior, HPAScaler, Metric, StaticScaler
 from polyserve.autoscale.clairvoyant import ClairvoyantScaler, FluidDemand
 from polyserve.autoscale.decide import Autoscaler, TierTarget
+from polyserve.autoscale.planner import PlannerScaler, Predictor
 from polyserve.autoscale.pool import POOL
 from polyserve.autoscale.settings import AutoscaleSettings
 from polyserve.autoscale.virtual import FleetSample, SimAutoscaler, VirtualActuator
@@ -211,7 +212,11 @@ def run_hpa(
 
     res, scaler = _run(replay, policy, build, progress)
     assert isinstance(scaler, HPAScaler)
-    kind = "KEDA waiting" if metric == "waiting" else "HPA KV utilisation"
+    kind = {
+        "waiting": "KEDA waiting",
+        "running": "HPA running requests",
+        "kv": "HPA KV utilisation",
+    }[metric]
     name = f"{'per-tier ' if per_tier else ''}{kind} ({policy})"
     return ReplayResult(name, res, scaler.history, not per_tier, knob=f"target {target:g}")
 
@@ -232,3 +237,32 @@ def run_clairvoyant(
     assert isinstance(scaler, ClairvoyantScaler)
     name = "clairvoyant tracker (reference)"
     return ReplayResult(name, res, scaler.history, True, knob=f"margin {margin:g}")
+
+
+def run_planner(
+    replay: Replay,
+    margin: float,
+    predictor: Predictor = "constant",
+    interval_s: float = 60.0,
+    pool: bool = False,
+    progress: Progress | None = None,
+) -> ReplayResult:
+    """A Dynamo-style planner (``planner.py``): each tier sized every interval from the predicted
+    rate and the profile's capacity, per tier (PolyServe routing) or summed into one pool."""
+    init = replay.initial_servers(margin)
+
+    def build(sim: FleetSim) -> tuple[Scaler, VirtualActuator]:
+        act = VirtualActuator(sim, replay.startup_s, pool=pool)
+        if pool:
+            act.provision(POOL, sum(init))
+        else:
+            for t, k in zip(replay.tiers, init, strict=True):
+                act.provision(t.name, k)
+        planner = PlannerScaler(act, replay.capacities(), margin, predictor, interval_s)
+        return planner, act
+
+    res, scaler = _run(replay, "polyserve", build, progress)
+    assert isinstance(scaler, PlannerScaler)
+    name = f"Dynamo-style planner{', one pool' if pool else ''}"
+    knob = f"margin {margin:g}, {predictor}, every {interval_s:g} s"
+    return ReplayResult(name, res, scaler.history, pool, knob=knob)
